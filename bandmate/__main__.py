@@ -1,0 +1,3 @@
+from bandmate.cli import main
+
+raise SystemExit(main())

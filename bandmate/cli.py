@@ -1,0 +1,88 @@
+"""The ``bandmate`` command: one entry point, one subcommand per stage.
+
+Subcommand modules are imported only when chosen, so ``bandmate --help`` and the desktop app
+never pay for torch or transformers. Each module offers ``configure(parser)`` and
+``run(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from bandmate import __version__
+
+#: name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "prepare": ("bandmate.training.prepare_cli", "turn MIDI folders into mmmtrack token shards"),
+    "train": ("bandmate.training.train_cli", "train a GPT-2 music model on prepared shards"),
+    "export": ("bandmate.training.export_cli", "export a trained run to an ONNX model folder"),
+    "generate": ("bandmate.models.generate_cli", "continue a MIDI file or add a track to it"),
+    "jam": ("bandmate.bridge.jam", "headless bandmate: MIDI in, generated MIDI out"),
+    "ports": ("bandmate.bridge.ports_cli", "list the MIDI ports bandmate can see"),
+    "app": ("bandmate.ui.app", "open the desktop app (the default)"),
+}
+
+EPILOG = """examples:
+  bandmate generate prompt.mid -o out.mid --continue 4     (uses the shipped chorale model)
+  bandmate prepare ../shared/data/jsfakes -o data/ --voices SOPRANO,ALTO,TENOR,BASS
+  bandmate train data/ -o runs/tiny --preset tiny
+  bandmate export runs/tiny -o models/tiny --int8
+  bandmate jam --api jack                                  (no window)
+
+run 'bandmate COMMAND --help' for the options of one command."""
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="bandmate",
+        description="An AI bandmate for your DAW: continue your bars or add a part, over MIDI.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"bandmate {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
+    p.add_argument(
+        "command",
+        nargs="?",
+        default="app",
+        choices=list(COMMANDS),
+        metavar="COMMAND",
+        help="; ".join(f"{k}: {v[1]}" for k, v in COMMANDS.items()),
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = _top_parser()
+    # Split "bandmate [-v] COMMAND [args...]" without importing every command module.
+    head: list[str] = []
+    while argv and argv[0].startswith("-") and argv[0] not in ("--",):
+        head.append(argv.pop(0))
+        if head[-1] in ("-h", "--help", "--version"):
+            top.parse_args(head)
+            return 0
+    cmd_name = argv.pop(0) if argv else "app"
+    ns = top.parse_args([*head, cmd_name])
+    logging.basicConfig(
+        level=logging.DEBUG if ns.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    module_name, help_text = COMMANDS[ns.command]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(
+        prog=f"bandmate {ns.command}",
+        description=(module.__doc__ or help_text).strip().splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    module.configure(parser)
+    args = parser.parse_args(argv)
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
