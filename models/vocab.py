@@ -35,7 +35,7 @@ TIME_DELTA0 = NOTE_OFF0 + 128 - 1  # TIME_DELTA=t (1..16) -> TIME_DELTA0 + t
 DENSITY0 = TIME_DELTA0 + 16 + 1  # DENSITY=d -> DENSITY0 + d
 
 #: The General MIDI labels every vocabulary carries, after the model's voice labels.
-GM_LABELS: tuple[str, ...] = ("DRUMS",) + tuple(str(p) for p in range(128))
+GM_LABELS: tuple[str, ...] = ("DRUMS", *(str(p) for p in range(128)))
 
 
 def inst_labels(voices: tuple[str, ...] | list[str]) -> tuple[str, ...]:
