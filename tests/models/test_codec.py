@@ -76,8 +76,9 @@ def test_vocabulary_is_deterministic_and_loads_in_tokenizers(tmp_path: Path) -> 
 
 def test_bass_example_from_the_format_doc() -> None:
     notes = (Note(0, 61, 4), Note(4, 59, 6), Note(6, 58, 8), Note(8, 56, 12), Note(12, 54, 16))
-    cfg = CodecConfig(voices=("SOPRANO", "ALTO", "TENOR", "BASS"), density_bins=4,
-                      density_edges=(2, 5, 9))
+    cfg = CodecConfig(
+        voices=("SOPRANO", "ALTO", "TENOR", "BASS"), density_bins=4, density_edges=(2, 5, 9)
+    )
     ids = encode_track(Track("BASS", notes), cfg, 0, 1, density=2)
     text = " ".join(cfg.vocab.decode(ids))
     assert text == (
@@ -168,8 +169,19 @@ def test_decoder_never_raises_on_any_ids(ids: list[int]) -> None:
 
 def test_decoder_repairs_are_reported() -> None:
     v = SATB.vocab
-    toks = ["PIECE_START", "TRACK_START", "INST=BASS", "BAR_START", "NOTE_OFF=40", "NOTE_ON=40",
-            "TIME_DELTA=12", "TIME_DELTA=9", "BAR_START", "NOTE_ON=41", "[UNK]"]
+    toks = [
+        "PIECE_START",
+        "TRACK_START",
+        "INST=BASS",
+        "BAR_START",
+        "NOTE_OFF=40",
+        "NOTE_ON=40",
+        "TIME_DELTA=12",
+        "TIME_DELTA=9",
+        "BAR_START",
+        "NOTE_ON=41",
+        "[UNK]",
+    ]
     got = decode(v.encode(toks), SATB)
     assert got.piece.bars == 2
     assert list(got.piece.tracks[0].notes) == [Note(0, 40, 16), Note(16, 41, 32)]
@@ -180,7 +192,25 @@ def test_decoder_repairs_are_reported() -> None:
 
 def test_fill_blocks_go_into_their_bars() -> None:
     v = SATB.vocab
-    toks = ["PIECE_START", "TRACK_START", "INST=ALTO", "BAR_START", "NOTE_ON=60", "TIME_DELTA=16", "NOTE_OFF=60", "BAR_END", "BAR_START", "FILL_IN", "BAR_END", "TRACK_END", "FILL_START", "NOTE_ON=62", "TIME_DELTA=8", "NOTE_OFF=62", "FILL_END"]
+    toks = [
+        "PIECE_START",
+        "TRACK_START",
+        "INST=ALTO",
+        "BAR_START",
+        "NOTE_ON=60",
+        "TIME_DELTA=16",
+        "NOTE_OFF=60",
+        "BAR_END",
+        "BAR_START",
+        "FILL_IN",
+        "BAR_END",
+        "TRACK_END",
+        "FILL_START",
+        "NOTE_ON=62",
+        "TIME_DELTA=8",
+        "NOTE_OFF=62",
+        "FILL_END",
+    ]
     got = decode(v.encode(toks), SATB)
     assert got.repairs == []
     assert list(got.piece.tracks[0].notes) == [Note(0, 60, 16), Note(16, 62, 24)]

@@ -38,10 +38,15 @@ def off(p, t=0, ch=0):
 
 def test_type0_with_drums_and_programs(tmp_path: Path) -> None:
     mid = mido.MidiFile(type=0, ticks_per_beat=96)
-    mid.tracks.append(_track(
-        mido.Message("program_change", program=33, channel=1),
-        on(36, 0, 9), on(40, 0, 1), off(36, 24, 9), off(40, 72, 1),
-    ))
+    mid.tracks.append(
+        _track(
+            mido.Message("program_change", program=33, channel=1),
+            on(36, 0, 9),
+            on(40, 0, 1),
+            off(36, 24, 9),
+            off(40, 72, 1),
+        )
+    )
     piece = read_midi(_save(mid, tmp_path / "t0.mid"))
     by = {t.inst: t for t in piece.tracks}
     assert set(by) == {"DRUMS", "33"}
@@ -59,11 +64,35 @@ def test_type2_and_named_voices(tmp_path: Path) -> None:
 
 def test_running_status_raw_bytes(tmp_path: Path) -> None:
     # A hand-written type-0 file whose second note_on and the note_offs use running status.
-    body = bytes([0x00, 0x90, 60, 100, 0x00, 64, 100,  # on 60, running status on 64
-                  0x60, 60, 0, 0x00, 64, 0,               # vel-0 offs after 96 ticks
-                  0x00, 0xFF, 0x2F, 0x00])
-    data = (b"MThd" + (6).to_bytes(4, "big") + bytes([0, 0, 0, 1, 0, 96])
-            + b"MTrk" + len(body).to_bytes(4, "big") + body)
+    body = bytes(
+        [
+            0x00,
+            0x90,
+            60,
+            100,
+            0x00,
+            64,
+            100,  # on 60, running status on 64
+            0x60,
+            60,
+            0,
+            0x00,
+            64,
+            0,  # vel-0 offs after 96 ticks
+            0x00,
+            0xFF,
+            0x2F,
+            0x00,
+        ]
+    )
+    data = (
+        b"MThd"
+        + (6).to_bytes(4, "big")
+        + bytes([0, 0, 0, 1, 0, 96])
+        + b"MTrk"
+        + len(body).to_bytes(4, "big")
+        + body
+    )
     path = tmp_path / "rs.mid"
     path.write_bytes(data)
     piece = read_midi(path)
@@ -73,20 +102,23 @@ def test_running_status_raw_bytes(tmp_path: Path) -> None:
 def test_tempo_and_meter_changes(tmp_path: Path) -> None:
     tpq = 480
     mid = mido.MidiFile(type=1, ticks_per_beat=tpq)
-    mid.tracks.append(_track(
-        mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(90)),
-        mido.MetaMessage("time_signature", numerator=4, denominator=4),
-        mido.MetaMessage("time_signature", numerator=3, denominator=4, time=8 * tpq),
-        mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(140), time=0),
-        mido.MetaMessage("time_signature", numerator=4, denominator=4, time=6 * tpq),
-    ))
+    mid.tracks.append(
+        _track(
+            mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(90)),
+            mido.MetaMessage("time_signature", numerator=4, denominator=4),
+            mido.MetaMessage("time_signature", numerator=3, denominator=4, time=8 * tpq),
+            mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(140), time=0),
+            mido.MetaMessage("time_signature", numerator=4, denominator=4, time=6 * tpq),
+        )
+    )
     msgs = []
     for _ in range(24):  # a quarter note every beat for 24 beats
         msgs += [on(60), off(60, tpq)]
     mid.tracks.append(_track(*msgs))
     path = _save(mid, tmp_path / "meters.mid")
     segs = read_midi_segments(path)
-    assert [(s.bars, s.meta["start_step"]) for s in segs] == [(2, 0), (3, 14 * 4)]  # the last stretch runs to the end
+    # 3/4 bars are skipped; the last stretch runs to the end of the music.
+    assert [(s.bars, s.meta["start_step"]) for s in segs] == [(2, 0), (3, 14 * 4)]
     assert segs[0].tempo == pytest.approx(90, abs=0.01)
     whole = read_midi_segments(path, CodecConfig(meter="assume-4/4"))
     assert len(whole) == 1 and whole[0].bars == 6
@@ -115,16 +147,21 @@ def test_hundreds_of_tracks(tmp_path: Path) -> None:
 
 def test_write_read_round_trip_keeps_notes_tempo_programs(tmp_path: Path) -> None:
     piece = Piece(
-        (Track("33", (Note(0, 40, 8), Note(8, 43, 31)), program=33, channel=0, velocity=99),
-         Track("DRUMS", (Note(0, 36, 1), Note(4, 38, 5)), channel=9)),
-        bars=2, tempo=96.0,
+        (
+            Track("33", (Note(0, 40, 8), Note(8, 43, 31)), program=33, channel=0, velocity=99),
+            Track("DRUMS", (Note(0, 36, 1), Note(4, 38, 5)), channel=9),
+        ),
+        bars=2,
+        tempo=96.0,
     )
     path = tmp_path / "w.mid"
     write_midi(piece, path)
     back = read_midi(path)
     assert back.tempo == pytest.approx(96.0, abs=0.01)
     assert [(t.inst, t.program, t.notes, t.velocity) for t in back.tracks] == [
-        ("33", 33, piece.tracks[0].notes, 99), ("DRUMS", 0, piece.tracks[1].notes, 80)]
+        ("33", 33, piece.tracks[0].notes, 99),
+        ("DRUMS", 0, piece.tracks[1].notes, 80),
+    ]
     msgs = [m for tr in mido.MidiFile(path).tracks for m in tr if m.type == "note_on"]
     assert {m.channel for m in msgs} == {0, 9}
 
@@ -134,8 +171,11 @@ def test_write_read_round_trip_keeps_notes_tempo_programs(tmp_path: Path) -> Non
     [
         (b"", "too short"),
         (b"hello world, not midi at all", "not a MIDI file"),
-        (b"MThd\x00\x00\x00\x06\x00\x01\x00\x01\xe7\x28" + b"MTrk\x00\x00\x00\x04\x00\xff\x2f\x00",
-         "SMPTE"),
+        (
+            b"MThd\x00\x00\x00\x06\x00\x01\x00\x01\xe7\x28"
+            + b"MTrk\x00\x00\x00\x04\x00\xff\x2f\x00",
+            "SMPTE",
+        ),
         (b"MThd\x00\x00\x00\x06\x00\x01\x00\x00\x01\xe0", "no notes"),
     ],
 )
