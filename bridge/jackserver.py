@@ -1,0 +1,237 @@
+"""Start, watch and stop a private JACK server (the dummy backend) for tests and benchmarks.
+
+Why: bandmate's bridge is tested on a real JACK server, never a fake, and tests must not touch a
+server the user runs. Each test session starts its own named server
+(``jackd -n NAME -d dummy -r 48000 -p 256``), points ``JACK_DEFAULT_SERVER`` at it and stops
+it by its PID. The xrun count comes from a tiny libjack client (ctypes, no extra package) that
+registers an xrun callback, so a benchmark can tell MIDI that JACK dropped in an xrun apart from
+MIDI that bandmate lost.
+
+Usage::
+
+    with JackServer("bm-test", period=256) as srv:
+        ...                      # os.environ["JACK_DEFAULT_SERVER"] == "bm-test"
+        print(srv.xruns)
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_XRUN_CB = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)
+JackNoStartServer = 0x01
+JackUseExactName = 0x02
+JackServerName = 0x04
+
+
+class JackError(RuntimeError):
+    """The JACK server could not be started or reached; the message says what to do."""
+
+
+def jackd_path() -> str:
+    """Path of ``jackd``, or a JackError telling the user how to install it."""
+    path = shutil.which("jackd")
+    if path is None:
+        raise JackError(
+            "jackd not found: install JACK 2 (Debian/Ubuntu: "
+            "'sudo apt-get install --no-install-recommends jackd2')"
+        )
+    return path
+
+
+class XrunCounter:
+    """A libjack client that counts the server's xruns (callback on JACK's notification thread).
+
+    Opening it does not start a server (JackNoStartServer). It registers no ports, so it never
+    takes part in the process cycle and cannot cause xruns itself.
+    """
+
+    def __init__(self, server: str, client_name: str = "bandmate-xruns") -> None:
+        libname = ctypes.util.find_library("jack") or "libjack.so.0"
+        try:
+            self._lib = ctypes.CDLL(libname)
+        except OSError as e:
+            raise JackError(f"cannot load libjack ({e}); install jackd2 / libjack") from e
+        lib = self._lib
+        lib.jack_client_open.restype = ctypes.c_void_p
+        lib.jack_client_open.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_void_p]
+        lib.jack_set_xrun_callback.argtypes = [ctypes.c_void_p, _XRUN_CB, ctypes.c_void_p]
+        lib.jack_activate.argtypes = [ctypes.c_void_p]
+        lib.jack_deactivate.argtypes = [ctypes.c_void_p]
+        lib.jack_client_close.argtypes = [ctypes.c_void_p]
+        lib.jack_get_buffer_size.argtypes = [ctypes.c_void_p]
+        lib.jack_get_buffer_size.restype = ctypes.c_uint32
+        lib.jack_get_sample_rate.argtypes = [ctypes.c_void_p]
+        lib.jack_get_sample_rate.restype = ctypes.c_uint32
+        self.count = 0
+        self._lock = threading.Lock()
+        self._cb = _XRUN_CB(self._on_xrun)  # keep a reference: libjack holds the pointer
+        # jack_client_open is variadic: pass the server name when JackServerName is set.
+        lib.jack_client_open.argtypes = None
+        status = ctypes.c_int(0)
+        self._client = lib.jack_client_open(
+            client_name.encode(),
+            ctypes.c_int(JackNoStartServer | JackServerName),
+            ctypes.byref(status),
+            ctypes.c_char_p(server.encode()),
+        )
+        if not self._client:
+            raise JackError(f"cannot open a JACK client on server {server!r} (status {status.value})")
+        self._client = ctypes.c_void_p(self._client)
+        lib.jack_set_xrun_callback(self._client, self._cb, None)
+        lib.jack_activate(self._client)
+
+    def _on_xrun(self, _arg: int) -> int:
+        with self._lock:
+            self.count += 1
+        return 0
+
+    @property
+    def buffer_size(self) -> int:
+        return int(self._lib.jack_get_buffer_size(self._client))
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self._lib.jack_get_sample_rate(self._client))
+
+    def close(self) -> None:
+        if self._client:
+            self._lib.jack_deactivate(self._client)
+            self._lib.jack_client_close(self._client)
+            self._client = None
+
+
+class JackServer:
+    """A private ``jackd`` with the dummy backend, owned by this process.
+
+    ``start()`` waits until clients can connect, sets ``JACK_DEFAULT_SERVER`` (and
+    ``JACK_NO_START_SERVER=1`` so libjack never auto-starts another server) and opens an
+    :class:`XrunCounter`. ``stop()`` sends SIGTERM to exactly this server's PID (SIGKILL after a
+    grace period) and restores the environment.
+    """
+
+    def __init__(
+        self,
+        name: str | None = None,
+        period: int = 256,
+        rate: int = 48000,
+        set_env: bool = True,
+    ) -> None:
+        if period < 16 or period & (period - 1):
+            raise ValueError(f"period must be a power of two >= 16, got {period}")
+        if rate not in (22050, 44100, 48000, 88200, 96000):
+            raise ValueError(f"rate must be one of 22050, 44100, 48000, 88200, 96000, got {rate}")
+        self.name = name or f"bandmate-{os.getpid()}-{int(time.monotonic() * 1000) % 100000}"
+        self.period = period
+        self.rate = rate
+        self.set_env = set_env
+        self.proc: subprocess.Popen | None = None
+        self._log_path: Path | None = None
+        self._counter: XrunCounter | None = None
+        self._old_env: dict[str, str | None] = {}
+
+    @property
+    def period_ms(self) -> float:
+        return 1000.0 * self.period / self.rate
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def env(self) -> dict[str, str]:
+        """Environment for a child process that must use this server."""
+        e = dict(os.environ)
+        e["JACK_DEFAULT_SERVER"] = self.name
+        e["JACK_NO_START_SERVER"] = "1"
+        return e
+
+    def start(self, timeout: float = 10.0) -> JackServer:
+        exe = jackd_path()
+        fd, path = tempfile.mkstemp(prefix=f"jackd-{self.name}-", suffix=".log")
+        self._log_path = Path(path)
+        cmd = [exe, "-n", self.name, "-d", "dummy", "-r", str(self.rate), "-p", str(self.period)]
+        env = dict(os.environ, JACK_NO_START_SERVER="1")
+        self.proc = subprocess.Popen(
+            cmd, stdout=fd, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+        )
+        os.close(fd)
+        deadline = time.monotonic() + timeout
+        last_err: Exception | None = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise JackError(
+                    f"jackd exited with code {self.proc.returncode}: {self.log_text()[-600:]}"
+                    " (is another server with this name running? try another name)"
+                )
+            try:
+                self._counter = XrunCounter(self.name)
+                break
+            except JackError as e:
+                last_err = e
+                time.sleep(0.1)
+        else:
+            self.stop()
+            raise JackError(f"jackd did not come up in {timeout:.0f} s: {last_err}")
+        if self.set_env:
+            for k, v in (("JACK_DEFAULT_SERVER", self.name), ("JACK_NO_START_SERVER", "1")):
+                self._old_env[k] = os.environ.get(k)
+                os.environ[k] = v
+        log.info("jackd %r up: pid %d, %d frames @ %d Hz", self.name, self.pid, self.period,
+                 self.rate)
+        return self
+
+    @property
+    def xruns(self) -> int:
+        """Xruns since start, as reported to our xrun-callback client."""
+        return self._counter.count if self._counter else 0
+
+    def log_text(self) -> str:
+        """What jackd printed so far (stdout and stderr)."""
+        if self._log_path and self._log_path.exists():
+            return self._log_path.read_text(errors="replace")
+        return ""
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, grace: float = 3.0) -> None:
+        if self._counter is not None:
+            try:
+                self._counter.close()
+            except Exception:  # the server may be gone already
+                log.debug("xrun counter close failed", exc_info=True)
+            self._counter = None
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(grace)
+        for k, v in self._old_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        self._old_env.clear()
+        if self._log_path is not None:
+            self._log_path.unlink(missing_ok=True)
+            self._log_path = None
+
+    def __enter__(self) -> JackServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

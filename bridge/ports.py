@@ -1,0 +1,335 @@
+"""MIDI ports through python-rtmidi: pick a backend, open virtual ports, list what is there.
+
+Why a module of its own: every platform differs. Linux has ALSA (the default) or JACK (also
+PipeWire's JACK); macOS has CoreMIDI; both can create *virtual* ports that a DAW connects to.
+Windows has no virtual ports, so there bandmate connects to existing ports by name (loopMIDI
+and the like). This module hides that and turns backend failures into messages that say what
+to do next.
+
+Input is *polled* from bandmate's own reader thread (see :class:`InputPort`), never handled in
+rtmidi's callback: under JACK that callback runs in the real-time process thread and would have
+to wait for Python's GIL, which causes xruns. Arrival times are rebuilt from rtmidi's per-message
+delta times (JACK cycle times) and mapped onto ``time.perf_counter_ns``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import mido
+import rtmidi
+
+log = logging.getLogger(__name__)
+
+#: user-facing API names -> rtmidi constants
+API_NAMES: dict[str, int] = {
+    "alsa": rtmidi.API_LINUX_ALSA,
+    "jack": rtmidi.API_UNIX_JACK,
+    "coremidi": rtmidi.API_MACOSX_CORE,
+    "winmm": rtmidi.API_WINDOWS_MM,
+}
+API_CHOICES = ("auto", *API_NAMES)
+
+
+class PortError(RuntimeError):
+    """A MIDI port could not be opened; the message says what the user can do."""
+
+
+def _try_api(api: int) -> str | None:
+    """Open and close a client on ``api``; None if it works, else the error text."""
+    os.environ.setdefault("JACK_NO_START_SERVER", "1")  # never auto-start a stray jackd
+    try:
+        m = rtmidi.MidiOut(api, "bandmate-probe")
+        m.delete()
+        return None
+    except Exception as e:
+        return str(e) or type(e).__name__
+
+
+def resolve_api(name: str = "auto") -> int:
+    """The rtmidi API to use for ``name`` (one of API_CHOICES).
+
+    ``auto``: CoreMIDI on macOS, Windows MM on Windows, and on Linux ALSA when the sequencer
+    works, else JACK (with a log line saying so). Raises PortError with the next step when
+    nothing works.
+    """
+    if name not in API_CHOICES:
+        raise ValueError(f"api must be one of {API_CHOICES}, got {name!r}")
+    compiled = set(rtmidi.get_compiled_api())
+    if name != "auto":
+        api = API_NAMES[name]
+        if api not in compiled:
+            raise PortError(
+                f"this python-rtmidi was built without {name}; available: "
+                + ", ".join(k for k, v in API_NAMES.items() if v in compiled)
+            )
+        err = _try_api(api)
+        if err is not None:
+            hint = {
+                "jack": "start a JACK server (e.g. 'jackd -d dummy', or run under PipeWire's "
+                "pw-jack) and try again, or pass --api alsa",
+                "alsa": "no ALSA sequencer (/dev/snd/seq): load snd-seq ('sudo modprobe "
+                "snd-seq') or pass --api jack with a JACK server running",
+            }.get(name, "check that the MIDI system is running")
+            raise PortError(f"cannot use {name} ({err}): {hint}")
+        return api
+    if sys.platform == "darwin":
+        return rtmidi.API_MACOSX_CORE
+    if sys.platform == "win32":
+        return rtmidi.API_WINDOWS_MM
+    tried = []
+    for nm in ("alsa", "jack"):
+        api = API_NAMES[nm]
+        if api not in compiled:
+            continue
+        err = _try_api(api)
+        if err is None:
+            if tried:
+                log.info("no ALSA sequencer (%s); using JACK", tried[0][1])
+            return api
+        tried.append((nm, err))
+    raise PortError(
+        "no MIDI system found: no ALSA sequencer (load snd-seq: 'sudo modprobe snd-seq') and no "
+        "JACK server running (start one, e.g. 'jackd -d dummy', or PipeWire's JACK); then pass "
+        "--api alsa or --api jack. Details: " + "; ".join(f"{n}: {e}" for n, e in tried)
+    )
+
+
+def api_name(api: int) -> str:
+    for k, v in API_NAMES.items():
+        if v == api:
+            return k
+    return str(api)
+
+
+def supports_virtual(api: int) -> bool:
+    return api != rtmidi.API_WINDOWS_MM
+
+
+@dataclass(frozen=True)
+class PortList:
+    """What ``bandmate ports`` prints: ports bandmate can read from and write to."""
+
+    api: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+
+def list_ports(api: int) -> PortList:
+    mi = rtmidi.MidiIn(api, "bandmate-list")
+    mo = rtmidi.MidiOut(api, "bandmate-list")
+    try:
+        return PortList(api_name(api), tuple(mi.get_ports()), tuple(mo.get_ports()))
+    finally:
+        mi.delete()
+        mo.delete()
+
+
+def find_port(names: list[str], wanted: str) -> int | None:
+    """Index of the port named ``wanted``: exact match first, then case-insensitive substring."""
+    for i, n in enumerate(names):
+        if n == wanted:
+            return i
+    for i, n in enumerate(names):
+        if wanted.lower() in n.lower():
+            return i
+    return None
+
+
+class OutputPort:
+    """Sends mido messages. Virtual port ``name`` when the API allows, else connects by name.
+
+    ``send`` never raises: a failed send is logged and counted in ``errors`` so a dying port
+    cannot crash the scheduler thread; the port watcher reopens it.
+    """
+
+    def __init__(self, api: int, name: str, connect: str | None = None) -> None:
+        self.api, self.name, self.connect = api, name, connect
+        self._lock = threading.Lock()
+        self.errors = 0
+        self.sent = 0
+        self._out: rtmidi.MidiOut | None = None
+        self.open()
+
+    def open(self) -> None:
+        out = rtmidi.MidiOut(self.api, self.name)
+        target = self.connect or (None if supports_virtual(self.api) else self.name)
+        try:
+            if target is None:
+                out.open_virtual_port(self.name)
+            else:
+                names = out.get_ports()
+                i = find_port(names, target)
+                if i is None:
+                    raise PortError(
+                        f"no MIDI output port named {target!r} (found: {names or 'none'}); "
+                        "create it (e.g. with loopMIDI on Windows) or pick one from "
+                        "'bandmate ports'"
+                    )
+                out.open_port(i)
+        except PortError:
+            out.delete()
+            raise
+        except Exception as e:
+            out.delete()
+            raise PortError(f"cannot open output {self.name!r}: {e}") from e
+        with self._lock:
+            self._out = out
+
+    def send(self, msg: mido.Message | list[int] | bytes) -> bool:
+        data = msg.bytes() if isinstance(msg, mido.Message) else list(msg)
+        with self._lock:
+            if self._out is None:
+                self.errors += 1
+                return False
+            try:
+                self._out.send_message(data)
+                self.sent += 1
+                return True
+            except Exception:
+                self.errors += 1
+                log.warning("MIDI send failed on %r", self.name, exc_info=True)
+                return False
+
+    def close(self) -> None:
+        with self._lock:
+            out, self._out = self._out, None
+        if out is not None:
+            with contextlib.suppress(Exception):
+                out.close_port()
+            out.delete()
+
+
+#: handler(message, perf_counter_ns arrival time)
+InputHandler = Callable[[mido.Message, int], None]
+
+
+class InputPort:
+    """A virtual input (or a named port on Windows) read by a polling thread.
+
+    rtmidi queues incoming messages in C++ (``queue_size_limit``); this thread drains that
+    queue every ``poll_s`` and calls ``handler(msg, t_ns)``. ``t_ns`` is the arrival time on
+    ``perf_counter_ns``: the sum of rtmidi's delta times (JACK cycle times), offset by the
+    smallest observed (poll time - reconstructed time), which removes poll latency.
+    ``overflow`` counts what the handler could not parse.
+    """
+
+    def __init__(
+        self,
+        api: int,
+        name: str,
+        handler: InputHandler,
+        connect: str | None = None,
+        poll_s: float = 0.0005,
+        queue_size: int = 8192,
+    ) -> None:
+        self.api, self.name, self.connect = api, name, connect
+        self.handler = handler
+        self.poll_s = poll_s
+        self.queue_size = queue_size
+        self.received = 0
+        self.bad = 0
+        self._in: rtmidi.MidiIn | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.open()
+
+    def open(self) -> None:
+        mi = rtmidi.MidiIn(self.api, self.name, queue_size_limit=self.queue_size)
+        mi.ignore_types(sysex=True, timing=False, active_sense=True)
+        target = self.connect or (None if supports_virtual(self.api) else self.name)
+        try:
+            if target is None:
+                mi.open_virtual_port(self.name)
+            else:
+                names = mi.get_ports()
+                i = find_port(names, target)
+                if i is None:
+                    raise PortError(
+                        f"no MIDI input port named {target!r} (found: {names or 'none'}); "
+                        "create it (e.g. with loopMIDI on Windows) or pick one from "
+                        "'bandmate ports'"
+                    )
+                mi.open_port(i)
+        except PortError:
+            mi.delete()
+            raise
+        except Exception as e:
+            mi.delete()
+            raise PortError(f"cannot open input {self.name!r}: {e}") from e
+        with self._lock:
+            self._in = mi
+        self._t_src = None  # reconstructed source time (s) of the last message
+        self._offset_ns: float | None = None
+        self._last_relax = time.perf_counter_ns()
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="bandmate-midi-in",
+                                            daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            got = False
+            while True:
+                with self._lock:
+                    mi = self._in
+                    if mi is None:
+                        break
+                    try:
+                        item = mi.get_message()
+                    except Exception:
+                        log.warning("MIDI read failed on %r", self.name, exc_info=True)
+                        item = None
+                if item is None:
+                    break
+                got = True
+                self._dispatch(item[0], item[1], time.perf_counter_ns())
+            if not got:
+                time.sleep(self.poll_s)
+
+    def _dispatch(self, data: list[int], delta: float, now_ns: int) -> None:
+        self.received += 1
+        self._t_src = (self._t_src or 0.0) + delta
+        src_ns = self._t_src * 1e9
+        # offset = min(now - src): the poll that came soonest after arrival. Relax it by
+        # 100 us per second so a tiny rate difference between the clocks cannot pin it.
+        if now_ns - self._last_relax > 1_000_000_000:
+            if self._offset_ns is not None:
+                self._offset_ns += 100_000 * (now_ns - self._last_relax) / 1e9
+            self._last_relax = now_ns
+        cand = now_ns - src_ns
+        if self._offset_ns is None or cand < self._offset_ns:
+            self._offset_ns = cand
+        t_ns = int(src_ns + self._offset_ns)
+        try:
+            msg = mido.Message.from_bytes(data)
+        except (ValueError, TypeError):
+            self.bad += 1
+            return
+        try:
+            self.handler(msg, t_ns)
+        except Exception:
+            log.exception("MIDI input handler failed on %s", msg)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(2.0)
+        self._thread = None
+        with self._lock:
+            mi, self._in = self._in, None
+        if mi is not None:
+            with contextlib.suppress(Exception):
+                mi.close_port()
+            mi.delete()
