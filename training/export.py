@@ -1,0 +1,532 @@
+"""Export a GPT-2 music model to an ONNX model folder with an explicit KV cache.
+
+The folder layout and tensor names are pinned in docs/contracts.md ("Model folder"): inputs
+``input_ids``, ``attention_mask``, ``position_ids`` and ``past_key_values.{i}.key/.value``;
+outputs ``logits`` and ``present.{i}.key/.value``. The runtime (``bandmate.models.session``)
+keeps the cache itself, so the graph must take past keys/values as plain tensors: a small
+wrapper turns them into a transformers ``DynamicCache`` and flattens the returned cache.
+
+Exporter: the dynamo exporter (``torch.onnx.export(dynamo=True)``). Measured with torch 2.13 +
+transformers 5.24: the legacy TorchScript exporter produces a graph whose logits are off by
+~0.2 (the causal/padding mask logic of transformers 5 is traced into constants), the dynamo
+exporter matches PyTorch within 2e-7. Every export ends with a parity check against PyTorch
+(max |logit diff| <= 1e-4 in fp32, with and without past, several batch/length shapes), so a
+regression in either library fails loudly instead of shipping a wrong model.
+
+int8 is ``onnxruntime.quantization.quantize_dynamic`` of the *unoptimised* export (quantising an
+ORT-optimised graph bakes in fusions that are specific to one ORT version and machine); its
+agreement with PyTorch is reported as top-1 match rate and mean KL divergence.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import math
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from bandmate.models.config import CodecConfig
+from bandmate.training.run_io import latest_checkpoint, read_json, write_json
+
+log = logging.getLogger(__name__)
+
+FORMAT = "bandmate-model"
+VERSION = 1
+FP32_NAME, INT8_NAME, FP16_NAME = "model.onnx", "model.int8.onnx", "model.fp16.onnx"
+
+#: The chorale codec that tests and random models use (density edges = note counts per voice
+#: in 4 bars; the real ones come from ``bandmate prepare``'s manifest).
+CHORALE_CODEC = CodecConfig(
+    voices=("SOPRANO", "ALTO", "TENOR", "BASS"), density_bins=4, density_edges=(8.0, 12.0, 16.0)
+)
+
+#: (batch, new tokens, past tokens) checked at the end of every export.
+PARITY_SHAPES: tuple[tuple[int, int, int], ...] = ((1, 9, 0), (3, 5, 0), (1, 1, 12), (2, 4, 7))
+
+
+class ParityError(RuntimeError):
+    """The exported graph does not compute what the PyTorch model computes."""
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """What ``bandmate export`` writes next to ``tokenizer.json`` and ``bandmate.json``."""
+
+    fp32: bool = field(default=True, metadata={"help": "keep model.onnx (fp32)"})
+    int8: bool = field(default=False, metadata={"help": "also write model.int8.onnx"})
+    fp16: bool = field(default=False, metadata={"help": "also write model.fp16.onnx (GPU)"})
+    opset: int = field(default=18, metadata={"help": "ONNX opset (dynamo exporter: >= 18)"})
+    tolerance: float = field(default=1e-4, metadata={"help": "max |logit diff| fp32 vs torch"})
+    name: str = field(default="", metadata={"help": "model name in bandmate.json"})
+
+    def __post_init__(self) -> None:
+        if not (self.fp32 or self.int8):
+            raise ValueError("export needs fp32 or int8 (or both): fp16 alone cannot be default")
+        if self.opset < 18:
+            raise ValueError(f"opset must be >= 18 for the dynamo exporter, got {self.opset}")
+        if not 0 < self.tolerance < 1:
+            raise ValueError(f"tolerance must be in (0, 1), got {self.tolerance}")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> ExportConfig:
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+def io_names(n_layer: int) -> tuple[list[str], list[str]]:
+    """ONNX input and output names of a model with ``n_layer`` blocks (docs/contracts.md)."""
+    past = [f"past_key_values.{i}.{kv}" for i in range(n_layer) for kv in ("key", "value")]
+    present = [f"present.{i}.{kv}" for i in range(n_layer) for kv in ("key", "value")]
+    return ["input_ids", "attention_mask", "position_ids", *past], ["logits", *present]
+
+
+class KVWrapper(torch.nn.Module):
+    """GPT2LMHeadModel with the KV cache as flat tensors in and out (what ONNX needs)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.n_layer = int(model.config.n_layer)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        past: tuple[torch.Tensor, ...],
+    ) -> tuple[torch.Tensor, ...]:
+        from transformers.cache_utils import DynamicCache
+
+        cache = DynamicCache([(past[2 * i], past[2 * i + 1]) for i in range(self.n_layer)])
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=True,
+        )
+        present: list[torch.Tensor] = []
+        for layer in out.cache.layers:
+            present += [layer.keys, layer.values]
+        return (out.logits, *present)
+
+
+def _example(model: torch.nn.Module, batch: int, seq: int, past: int, seed: int = 0) -> tuple:
+    """Inputs for one call: random ids, a full mask, positions after ``past`` cached tokens."""
+    cfg = model.config
+    g = torch.Generator().manual_seed(seed)
+    hd = cfg.n_embd // cfg.n_head
+    ids = torch.randint(0, cfg.vocab_size, (batch, seq), generator=g)
+    mask = torch.ones(batch, past + seq, dtype=torch.long)
+    pos = torch.arange(past, past + seq).expand(batch, seq).contiguous()
+    kv = tuple(
+        torch.randn(batch, cfg.n_head, past, hd, generator=g) for _ in range(2 * cfg.n_layer)
+    )
+    return ids, mask, pos, kv
+
+
+def export_onnx(model: torch.nn.Module, path: Path, opset: int = 18) -> Path:
+    """Write ``model`` (a GPT2LMHeadModel in fp32) as one self-contained ONNX file."""
+    from torch.export import Dim
+
+    model = model.float().eval()
+    wrapper = KVWrapper(model).eval()
+    # Example sizes > 1 so torch.export does not specialise a dimension to 0 or 1.
+    args = _example(model, batch=2, seq=3, past=4)
+    b, s, p, t = Dim("batch"), Dim("seq"), Dim("past_seq"), Dim("total_seq")
+    shapes = (
+        {0: b, 1: s},
+        {0: b, 1: t},
+        {0: b, 1: s},
+        tuple({0: b, 2: p} for _ in range(2 * wrapper.n_layer)),
+    )
+    ins, outs = io_names(wrapper.n_layer)
+    path = Path(path)
+    t0 = time.perf_counter()
+    quiet = contextlib.redirect_stdout(io.StringIO())  # the exporter prints its steps
+    with warnings.catch_warnings(), torch.no_grad(), quiet:
+        warnings.simplefilter("ignore")
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision not installed"
+        for name in ("onnx_ir", "onnxscript"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        torch.onnx.export(
+            wrapper,
+            args,
+            str(path),
+            input_names=ins,
+            output_names=outs,
+            opset_version=opset,
+            dynamo=True,
+            dynamic_shapes=shapes,
+            external_data=False,
+            verbose=False,
+        )
+    log.info("exported %s in %.1f s", path.name, time.perf_counter() - t0)
+    return path
+
+
+def _session(path: Path) -> Any:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def parity_check(
+    model: torch.nn.Module,
+    onnx_path: Path,
+    shapes: Sequence[tuple[int, int, int]] = PARITY_SHAPES,
+    tolerance: float = 1e-4,
+) -> dict:
+    """Compare ONNX Runtime with PyTorch on random inputs, with and without past.
+
+    Also checks a left-padded batch (mask zeros in the past), the case batched generation
+    uses. Raises ParityError over ``tolerance``; returns the measured maxima.
+    """
+    model = model.float().eval()
+    wrapper = KVWrapper(model).eval()
+    sess = _session(onnx_path)
+    ins, _ = io_names(wrapper.n_layer)
+    worst_logit = worst_kv = 0.0
+    cases = []
+    for k, (b, s, p) in enumerate(shapes):
+        ids, mask, pos, kv = _example(model, b, s, p, seed=k + 1)
+        if p and b > 1:  # left padding: the first row's first past tokens are padding
+            mask[0, : min(2, p)] = 0
+        with torch.no_grad():
+            ref = wrapper(ids, mask, pos, kv)
+        feed = {n: v.numpy() for n, v in zip(ins, (ids, mask, pos, *kv), strict=True)}
+        got = sess.run(None, feed)
+        dl = float(np.abs(got[0] - ref[0].numpy()).max())
+        dkv = max(
+            (float(np.abs(g - r.numpy()).max()) for g, r in zip(got[1:], ref[1:], strict=True)),
+            default=0.0,
+        )
+        if got[1].shape[2] != p + s:
+            raise ParityError(f"present has {got[1].shape[2]} positions, expected {p + s}")
+        worst_logit, worst_kv = max(worst_logit, dl), max(worst_kv, dkv)
+        cases.append({"batch": b, "seq": s, "past": p, "max_abs_logit_diff": dl})
+    result = {
+        "max_abs_logit_diff": worst_logit,
+        "max_abs_present_diff": worst_kv,
+        "tolerance": tolerance,
+        "cases": cases,
+    }
+    if not worst_logit <= tolerance or not worst_kv <= tolerance:
+        raise ParityError(
+            f"{Path(onnx_path).name} differs from PyTorch: max |logit diff| {worst_logit:.2e}, "
+            f"max |present diff| {worst_kv:.2e} > {tolerance:.0e}. Check the torch/transformers "
+            "versions against docs/training.md; the export is not usable."
+        )
+    log.info("parity ok: max |logit diff| %.2e (tolerance %.0e)", worst_logit, tolerance)
+    return result
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def agreement(
+    model: torch.nn.Module, onnx_path: Path, sequences: Sequence[np.ndarray] | None = None
+) -> dict:
+    """Top-1 match rate and mean KL(torch || onnx) of next-token distributions.
+
+    ``sequences`` should be real token sequences (validation samples): on random ids a
+    quantised model's agreement says little about the distributions generation meets.
+    """
+    model = model.float().eval()
+    sess = _session(onnx_path)
+    ins, _ = io_names(int(model.config.n_layer))
+    cfg = model.config
+    if not sequences:
+        g = np.random.default_rng(0)
+        sequences = [g.integers(0, cfg.vocab_size, 64) for _ in range(4)]
+    hd = cfg.n_embd // cfg.n_head
+    match = total = 0
+    kl_sum = 0.0
+    for seq in sequences:
+        seq = np.asarray(seq, np.int64)[: cfg.n_positions][None]
+        n = seq.shape[1]
+        with torch.no_grad():
+            ref = model(input_ids=torch.from_numpy(seq)).logits[0].numpy()
+        feed = {
+            "input_ids": seq,
+            "attention_mask": np.ones_like(seq),
+            "position_ids": np.arange(n, dtype=np.int64)[None],
+        }
+        for name in ins[3:]:
+            feed[name] = np.zeros((1, cfg.n_head, 0, hd), np.float32)
+        got = sess.run(["logits"], feed)[0][0].astype(np.float32)
+        lp, lq = _log_softmax(ref), _log_softmax(got)
+        kl_sum += float((np.exp(lp) * (lp - lq)).sum())
+        match += int((ref.argmax(-1) == got.argmax(-1)).sum())
+        total += n
+    return {"top1_match": match / max(total, 1), "mean_kl": kl_sum / max(total, 1), "tokens": total}
+
+
+def quantize_int8(src: Path, dst: Path) -> Path:
+    """Dynamic int8 quantisation (weights int8, activations quantised at run time)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))  # ORT logs every tensor on the root logger
+    try:
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
+    return Path(dst)
+
+
+def convert_fp16(src: Path, dst: Path) -> Path:
+    """fp16 weights and compute, fp32 inputs/outputs (the contract's dtypes stay float32)."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    m = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    onnx.save(m, str(dst))
+    return Path(dst)
+
+
+def model_json(
+    codec: CodecConfig,
+    model_cfg: Any,
+    files: dict[str, str | None],
+    name: str,
+    labels_seen: Sequence[str],
+    training: dict,
+    val_loss: float,
+    unigram_val_loss: float,
+    extra: dict | None = None,
+) -> dict:
+    """The ``bandmate.json`` of a model folder (docs/contracts.md)."""
+    default = files.get("int8") or files.get("fp32")
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "name": name,
+        "codec": codec.to_json(),
+        "labels_seen": list(labels_seen),
+        "model": {
+            "n_layer": int(model_cfg.n_layer),
+            "n_head": int(model_cfg.n_head),
+            "n_embd": int(model_cfg.n_embd),
+            "n_positions": int(model_cfg.n_positions),
+            "vocab_size": int(model_cfg.vocab_size),
+        },
+        "onnx": {"default": default, **files},
+        "fills": False,
+        "training": training,
+        "val_loss": float(val_loss),
+        "unigram_val_loss": float(unigram_val_loss),
+        **(extra or {}),
+    }
+
+
+def write_model_folder(
+    model: torch.nn.Module,
+    codec: CodecConfig,
+    out_dir: Path,
+    config: ExportConfig | None = None,
+    labels_seen: Sequence[str] = (),
+    training: dict | None = None,
+    val_loss: float = float("nan"),
+    unigram_val_loss: float = float("nan"),
+    sequences: Sequence[np.ndarray] | None = None,
+) -> dict:
+    """Export ``model`` into ``out_dir`` and check it; returns the report written to it.
+
+    The fp32 graph is always exported (int8 and fp16 derive from it) and checked; it is
+    deleted afterwards when ``config.fp32`` is False (the shipped model keeps int8 only).
+    """
+    config = config or ExportConfig()
+    vocab = codec.vocab
+    if int(model.config.vocab_size) != vocab.size:
+        raise ValueError(
+            f"model vocab_size {model.config.vocab_size} != codec vocabulary {vocab.size}: "
+            "export the run with the codec of the data it was trained on"
+        )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = model.float().eval()
+    fp32 = export_onnx(model, out / FP32_NAME, config.opset)
+    report: dict[str, Any] = {"parity": parity_check(model, fp32, tolerance=config.tolerance)}
+    files: dict[str, str | None] = {"fp32": FP32_NAME, "int8": None}
+    if config.int8:
+        quantize_int8(fp32, out / INT8_NAME)
+        files["int8"] = INT8_NAME
+        report["int8"] = agreement(model, out / INT8_NAME, sequences)
+        log.info(
+            "int8: top-1 match %.3f, mean KL %.4f nats",
+            report["int8"]["top1_match"],
+            report["int8"]["mean_kl"],
+        )
+    if config.fp16:
+        convert_fp16(fp32, out / FP16_NAME)
+        files["fp16"] = FP16_NAME
+        report["fp16"] = agreement(model, out / FP16_NAME, sequences)
+    if not config.fp32:
+        fp32.unlink()
+        files["fp32"] = None
+    vocab.save(out / "tokenizer.json")
+    name = config.name or out.resolve().name
+
+    def finite(x: float) -> float:
+        return x if math.isfinite(x) else math.log(vocab.size)
+
+    meta = model_json(
+        codec,
+        model.config,
+        files,
+        name,
+        labels_seen,
+        training or {},
+        finite(val_loss),
+        finite(unigram_val_loss),
+        {"export": {**config.to_json(), **report}},
+    )
+    write_json(out / "bandmate.json", meta)
+    return meta
+
+
+def random_model(
+    vocab_size: int, n_layer: int, n_head: int, n_embd: int, n_positions: int, seed: int = 0
+) -> torch.nn.Module:
+    """A randomly initialised GPT2LMHeadModel (tests, benchmarks)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    cfg = GPT2Config(
+        vocab_size=vocab_size,
+        n_positions=n_positions,
+        n_embd=n_embd,
+        n_layer=n_layer,
+        n_head=n_head,
+        bos_token_id=2,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    cfg._attn_implementation = "sdpa"
+    return GPT2LMHeadModel(cfg).eval()
+
+
+def export_random(
+    out_dir: str | Path,
+    codec: CodecConfig | None = None,
+    n_layer: int = 2,
+    n_head: int = 2,
+    n_embd: int = 64,
+    n_positions: int = 512,
+    seed: int = 0,
+    int8: bool = False,
+) -> Path:
+    """A complete model folder with random weights, for tests of everything downstream.
+
+    Same files and names as a trained export; ``val_loss`` is ln(vocab size) (what an
+    untrained model scores) and ``training`` says ``random_weights``. Takes a few seconds.
+    """
+    codec = codec or CHORALE_CODEC
+    model = random_model(codec.vocab.size, n_layer, n_head, n_embd, n_positions, seed)
+    out = Path(out_dir)
+    write_model_folder(
+        model,
+        codec,
+        out,
+        ExportConfig(int8=int8, name=f"random-{n_layer}x{n_embd}-seed{seed}"),
+        labels_seen=codec.voices,
+        training={"random_weights": True, "seed": seed, "steps": 0, "tokens": 0},
+    )
+    return out
+
+
+def load_run_model(run: Path, checkpoint: Path | None = None) -> tuple[torch.nn.Module, dict]:
+    """The model of a run's latest (or given) checkpoint, with the checkpoint's state."""
+    from safetensors.torch import load_file
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    run = Path(run)
+    ckpt = checkpoint or latest_checkpoint(run)
+    if ckpt is None:
+        raise FileNotFoundError(
+            f"{run} has no checkpoint yet: train longer (checkpoints every --save-every steps) "
+            "or check the path"
+        )
+    cfg = GPT2Config.from_dict(read_json(run / "model_config.json"))
+    cfg._attn_implementation = "sdpa"
+    model = GPT2LMHeadModel(cfg)
+    state = load_file(str(ckpt / "model.safetensors"))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # lm_head.weight is tied to wte and stored once.
+    if [m for m in missing if m != "lm_head.weight"] or unexpected:
+        raise ValueError(f"{ckpt}: weights do not match the model ({missing}, {unexpected})")
+    model.tie_weights()
+    return model.eval(), read_json(ckpt / "state.json")
+
+
+def export_run(
+    run: str | Path,
+    out_dir: str | Path,
+    config: ExportConfig | None = None,
+    checkpoint: Path | None = None,
+    n_agreement: int = 16,
+) -> dict:
+    """Export a training run's latest checkpoint to a model folder (``bandmate export``)."""
+    run = Path(run)
+    config = config or ExportConfig()
+    if not config.name:
+        config = replace(config, name=Path(out_dir).resolve().name)
+    model, state = load_run_model(run, checkpoint)
+    codec = CodecConfig.from_json(read_json(run / "codec.json"))
+    summary = read_json(run / "data_summary.json") if (run / "data_summary.json").exists() else {}
+    sequences = None
+    data_dir = summary.get("data_dir")
+    if data_dir and Path(data_dir).exists():
+        try:
+            from bandmate.training.shards import open_split
+
+            val = open_split(data_dir, "val")
+            step = max(len(val) // n_agreement, 1)
+            sequences = [np.asarray(val[i]) for i in range(0, len(val), step)][:n_agreement]
+        except (ImportError, FileNotFoundError, KeyError, ValueError) as e:
+            log.warning("int8 agreement on random tokens: cannot read validation data (%s)", e)
+    training = {
+        **{k: v for k, v in summary.items() if k != "labels"},
+        "steps": state.get("step"),
+        "tokens": state.get("tokens_seen"),
+        "train_config": read_json(run / "train_config.json")
+        if (run / "train_config.json").exists()
+        else None,
+    }
+    parent = Path(out_dir).resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=parent) as tmp:
+        meta = write_model_folder(
+            model,
+            codec,
+            Path(tmp),
+            config,
+            labels_seen=summary.get("labels", []),
+            training=training,
+            val_loss=float(state.get("val_loss") or float("nan")),
+            unigram_val_loss=float(summary.get("unigram_val_loss") or float("nan")),
+            sequences=sequences,
+        )
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for f in Path(tmp).iterdir():
+            shutil.move(str(f), out / f.name)
+    return meta
