@@ -31,6 +31,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 _XRUN_CB = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)
+_SHUTDOWN_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 JackNoStartServer = 0x01
 JackUseExactName = 0x02
 JackServerName = 0x04
@@ -52,7 +53,9 @@ def jackd_path() -> str:
 
 
 class XrunCounter:
-    """A libjack client that counts the server's xruns (callback on JACK's notification thread).
+    """A libjack client that counts the server's xruns (callback on JACK's notification thread)
+    and notices when the server goes away (``shut_down`` event; the bridge's port watcher uses
+    it).
 
     Opening it does not start a server (JackNoStartServer). It registers no ports, so it never
     takes part in the process cycle and cannot cause xruns itself.
@@ -75,9 +78,12 @@ class XrunCounter:
         lib.jack_get_buffer_size.restype = ctypes.c_uint32
         lib.jack_get_sample_rate.argtypes = [ctypes.c_void_p]
         lib.jack_get_sample_rate.restype = ctypes.c_uint32
+        lib.jack_on_shutdown.argtypes = [ctypes.c_void_p, _SHUTDOWN_CB, ctypes.c_void_p]
         self.count = 0
+        self.shut_down = threading.Event()
         self._lock = threading.Lock()
         self._cb = _XRUN_CB(self._on_xrun)  # keep a reference: libjack holds the pointer
+        self._sd = _SHUTDOWN_CB(lambda _arg: self.shut_down.set())
         # jack_client_open is variadic: pass the server name when JackServerName is set.
         lib.jack_client_open.argtypes = None
         status = ctypes.c_int(0)
@@ -88,9 +94,12 @@ class XrunCounter:
             ctypes.c_char_p(server.encode()),
         )
         if not self._client:
-            raise JackError(f"cannot open a JACK client on server {server!r} (status {status.value})")
+            raise JackError(
+                f"cannot open a JACK client on server {server!r} (status {status.value})"
+            )
         self._client = ctypes.c_void_p(self._client)
         lib.jack_set_xrun_callback(self._client, self._cb, None)
+        lib.jack_on_shutdown(self._client, self._sd, None)
         lib.jack_activate(self._client)
 
     def _on_xrun(self, _arg: int) -> int:
@@ -108,7 +117,8 @@ class XrunCounter:
 
     def close(self) -> None:
         if self._client:
-            self._lib.jack_deactivate(self._client)
+            if not self.shut_down.is_set():
+                self._lib.jack_deactivate(self._client)
             self._lib.jack_client_close(self._client)
             self._client = None
 

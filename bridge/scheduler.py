@@ -1,0 +1,289 @@
+"""The output scheduler: notes at musical positions, played on time, never left hanging.
+
+Why this shape: notes are kept at their *musical* position (a tick on the clock's timeline)
+and converted to a ``perf_counter_ns`` target only when they are next in line, using the live
+clock state, so a tempo change or a DAW nudging its clock moves every pending note. One thread
+waits on a condition variable until the absolute target time (never a relative sleep that
+accumulates drift; at most 5 ms at a time so a tempo change is seen). Notes can be added from any
+thread while it plays (streaming generation).
+
+Safety: the scheduler knows every sounding note. Every stop path (``stop_output``: user Stop,
+DAW transport stop/start/jump, port loss, exit, a signal, an exception in the thread) sends a
+note-off for each, then CC 123 (all notes off) and CC 64 = 0 (sustain off) on the channels
+used. ``panic`` does it on all 16 channels.
+
+Late policy: a note-on due more than ``late_ms`` ago is dropped (default) or played at once
+(``late_policy="play"``); both are counted. Note-offs are never dropped.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+
+import mido
+from bandmate.bridge.clock import TICKS_PER_BAR, TICKS_PER_STEP, ClockSource, ClockState
+from bandmate.models.types import Note
+
+log = logging.getLogger(__name__)
+
+LATE_POLICIES = ("drop", "play")
+MAX_WAIT_S = 0.005
+
+
+@dataclass
+class SchedulerConfig:
+    """How the scheduler treats late notes and latency."""
+
+    late_policy: str = field(default="drop", metadata={"help": "drop or play late note-ons"})
+    late_ms: float = field(default=40.0, metadata={"help": "a note-on later than this is late"})
+    out_latency_ms: float = field(
+        default=0.0, metadata={"help": "send this much early to make up for output latency"}
+    )
+
+    def __post_init__(self) -> None:
+        if self.late_policy not in LATE_POLICIES:
+            raise ValueError(
+                f"late_policy must be one of {LATE_POLICIES}, got {self.late_policy!r}"
+            )
+        if not 0.0 <= self.late_ms <= 10_000.0:
+            raise ValueError(f"late_ms must be 0..10000, got {self.late_ms}")
+        if not 0.0 <= self.out_latency_ms <= 500.0:
+            raise ValueError(f"out_latency_ms must be 0..500, got {self.out_latency_ms}")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> SchedulerConfig:
+        return cls(**d)
+
+
+@dataclass
+class SchedulerStats:
+    notes_on: int = 0
+    notes_off: int = 0
+    late_played: int = 0
+    late_dropped: int = 0
+    retriggered: int = 0
+    max_late_ms: float = 0.0
+    stops: int = 0
+
+
+@dataclass(order=True)
+class _Event:
+    tick: float
+    order: int  # 0 = note-off first at the same tick, 1 = note-on
+    seq: int
+    channel: int = field(compare=False)
+    pitch: int = field(compare=False)
+    velocity: int = field(compare=False)
+    note_id: int = field(compare=False)
+
+
+#: sent(message, target_ns, sent_ns) for every message the scheduler sends from its heap
+SentHook = Callable[[mido.Message, int, int], None]
+
+
+class Scheduler:
+    """One output thread over a heap of note events on the clock's tick timeline."""
+
+    def __init__(
+        self,
+        send: Callable[[mido.Message], object],
+        clock: ClockSource,
+        config: SchedulerConfig | None = None,
+    ) -> None:
+        self._send = send
+        self.clock = clock
+        self.config = config or SchedulerConfig()
+        self.stats = SchedulerStats()
+        self._heap: list[_Event] = []
+        self._seq = itertools.count()
+        self._ids = itertools.count(1)
+        self._cond = threading.Condition()
+        self._sounding: dict[tuple[int, int], int] = {}  # (channel, pitch) -> note id
+        self._dropped_ids: set[int] = set()
+        self._channels_used: set[int] = set()
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self.on_sent: list[SentHook] = []
+        clock.add_listener(self._on_clock_event)
+
+    # -- adding notes ---------------------------------------------------------------------
+    def add_note(
+        self, tick_on: float, tick_off: float, channel: int, pitch: int, velocity: int
+    ) -> int:
+        """Schedule one note on absolute ticks; returns its id."""
+        if not 0 <= channel <= 15 or not 0 <= pitch <= 127 or not 1 <= velocity <= 127:
+            raise ValueError(f"bad note: channel {channel} pitch {pitch} velocity {velocity}")
+        if tick_off <= tick_on:
+            raise ValueError(f"tick_off {tick_off} must be after tick_on {tick_on}")
+        nid = next(self._ids)
+        with self._cond:
+            heapq.heappush(self._heap, _Event(tick_on, 1, next(self._seq), channel, pitch,
+                                              velocity, nid))
+            heapq.heappush(self._heap, _Event(tick_off, 0, next(self._seq), channel, pitch, 0,
+                                              nid))
+            self._cond.notify()
+        return nid
+
+    def add_notes(
+        self, notes: Iterable[Note], channel: int, velocity: int, origin_step: int
+    ) -> int:
+        """Schedule Notes: step ``s`` plays at tick ``(origin_step + s) * 6``. Returns count."""
+        n = 0
+        for note in notes:
+            self.add_note(
+                (origin_step + note.start) * TICKS_PER_STEP,
+                (origin_step + note.end) * TICKS_PER_STEP,
+                channel, note.pitch, velocity,
+            )
+            n += 1
+        return n
+
+    def next_bar_line(self, lead_ms: float = 50.0, state: ClockState | None = None) -> int:
+        """The first bar whose downbeat is at least ``lead_ms`` from now (clock stopped: the
+        bar at or after the stopped position)."""
+        st = state or self.clock.state()
+        now = time.perf_counter_ns()
+        if not st.running:
+            return int(-(-st.tick // TICKS_PER_BAR))
+        tick = st.tick_at(now + int(lead_ms * 1e6))
+        return int(-(-tick // TICKS_PER_BAR))
+
+    @property
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._heap)
+
+    def sounding(self) -> set[tuple[int, int]]:
+        with self._cond:
+            return set(self._sounding)
+
+    # -- thread ---------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is None:
+            self._closing = False
+            self._thread = threading.Thread(target=self._run, name="bandmate-scheduler",
+                                            daemon=True)
+            self._thread.start()
+
+    def close(self) -> None:
+        """Stop the thread after sending note-offs for everything sounding."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(2.0)
+        self._thread = None
+        self.stop_output("close")
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException:
+            log.exception("scheduler thread failed; silencing output")
+            self.stop_output("scheduler error")
+            raise
+
+    def _loop(self) -> None:
+        cfg = self.config
+        early_ns = int(cfg.out_latency_ms * 1e6)
+        late_ns = int(cfg.late_ms * 1e6)
+        while True:
+            with self._cond:
+                if self._closing:
+                    return
+                if not self._heap:
+                    self._cond.wait()
+                    continue
+                st = self.clock.state()
+                ev = self._heap[0]
+                target = st.ns_at(ev.tick)
+                if target is None:  # clock stopped: hold
+                    self._cond.wait(0.01)
+                    continue
+                target -= early_ns
+                now = time.perf_counter_ns()
+                if target > now:
+                    self._cond.wait(min((target - now) / 1e9, MAX_WAIT_S))
+                    continue
+                heapq.heappop(self._heap)
+                msg = self._play(ev, now - target, late_ns)
+            if msg is not None:
+                sent_ns = time.perf_counter_ns()
+                for hook in list(self.on_sent):
+                    try:
+                        hook(msg, target, sent_ns)
+                    except Exception:
+                        log.exception("on_sent hook failed")
+
+    def _play(self, ev: _Event, late: int, late_ns: int) -> mido.Message | None:
+        """Send one event (lock held). Returns the message sent, or None."""
+        key = (ev.channel, ev.pitch)
+        if ev.order == 0:  # note-off: only for the note that sounds now
+            if self._sounding.get(key) != ev.note_id:
+                self._dropped_ids.discard(ev.note_id)
+                return None
+            del self._sounding[key]
+            msg = mido.Message("note_off", channel=ev.channel, note=ev.pitch, velocity=0)
+            self._send(msg)
+            self.stats.notes_off += 1
+            return msg
+        if late > late_ns:
+            if self.config.late_policy == "drop":
+                self.stats.late_dropped += 1
+                self._dropped_ids.add(ev.note_id)
+                log.debug("late by %.1f ms: dropped note %d", late / 1e6, ev.pitch)
+                return None
+            self.stats.late_played += 1
+        self.stats.max_late_ms = max(self.stats.max_late_ms, late / 1e6)
+        if key in self._sounding:  # same pitch still sounding: end it first
+            self._send(mido.Message("note_off", channel=ev.channel, note=ev.pitch, velocity=0))
+            self.stats.notes_off += 1
+            self.stats.retriggered += 1
+        self._sounding[key] = ev.note_id
+        self._channels_used.add(ev.channel)
+        msg = mido.Message("note_on", channel=ev.channel, note=ev.pitch, velocity=ev.velocity)
+        self._send(msg)
+        self.stats.notes_on += 1
+        return msg
+
+    # -- safety ---------------------------------------------------------------------------
+    def stop_output(self, reason: str = "stop", channels: Iterable[int] | None = None) -> int:
+        """Clear pending notes; note-off for each sounding note; CC 123 and CC 64=0 on the
+        channels used (or ``channels``). Returns how many notes were ended."""
+        with self._cond:
+            self._heap.clear()
+            sounding = list(self._sounding)
+            self._sounding.clear()
+            self._dropped_ids.clear()
+            chans = set(self._channels_used if channels is None else channels)
+            chans.update(c for c, _ in sounding)
+            for ch, pitch in sounding:
+                self._send(mido.Message("note_off", channel=ch, note=pitch, velocity=0))
+                self.stats.notes_off += 1
+            for ch in sorted(chans):
+                self._send(mido.Message("control_change", channel=ch, control=123, value=0))
+                self._send(mido.Message("control_change", channel=ch, control=64, value=0))
+            self.stats.stops += 1
+            self._cond.notify()
+        if sounding or reason not in ("close",):
+            log.info("output stopped (%s): %d sounding note(s) ended", reason, len(sounding))
+        return len(sounding)
+
+    def panic(self) -> int:
+        """Stop output and silence all 16 channels."""
+        return self.stop_output("panic", channels=range(16))
+
+    def _on_clock_event(self, event: str, st: ClockState) -> None:
+        # a transport stop or a jump voids what is sounding and the pending times; Start /
+        # Continue keep notes queued while stopped (they play from the new downbeat)
+        if event in ("stop", "position"):
+            self.stop_output(f"transport {event}")
