@@ -1,0 +1,79 @@
+"""Open the desktop app (the default command): ports, clock, piano roll, Continue / Add track."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+log = logging.getLogger(__name__)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("midi", nargs="?", help="a MIDI file to open as the prompt")
+    parser.add_argument("--model", default=None, help="an exported model folder (default: "
+                        "the last one used, else the shipped model)")  # fmt: skip
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument(
+        "--screenshot", default=None, metavar="PNG",
+        help="render the window to PNG (after generating when a MIDI file is given) and exit",
+    )  # fmt: skip
+    parser.add_argument("--reset-settings", action="store_true", help="forget stored settings")
+
+
+def run(args: argparse.Namespace) -> int:
+    from bandmate import __version__
+
+    if args.version:
+        print(f"bandmate {__version__}")
+        return 0
+    from bandmate.ui.window import MainWindow
+    from PyQt6.QtCore import QSettings, QTimer
+    from PyQt6.QtWidgets import QApplication
+
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    app.setApplicationName("bandmate")
+    app.setOrganizationName("bandmate")
+    app.setDesktopFileName("bandmate")
+    store = QSettings("bandmate", "bandmate")
+    if args.reset_settings:
+        store.clear()
+    win = MainWindow(store=store, model_path=args.model)
+    if args.midi:
+        win.open_midi(args.midi)
+    win.show()
+    if args.screenshot:
+        return _screenshot(app, win, args.screenshot, bool(args.midi))
+    QTimer.singleShot(0, lambda: log.info("bandmate %s ready", __version__))
+    return app.exec()
+
+
+def _screenshot(app, win, path: str, generate: bool) -> int:
+    """Wait for the model, generate once if a prompt is open, save the window as PNG."""
+    from PyQt6.QtCore import QEventLoop, QTimer
+
+    loop = QEventLoop()
+    state = {"started": False}
+
+    def poll() -> None:
+        if win.session is None and not win.model_error:
+            return
+        if generate and win.session is not None and not state["started"]:
+            state["started"] = win.generate("continue")
+            if not state["started"]:
+                loop.quit()
+            return
+        if win.worker is not None and win.worker.is_running():
+            return
+        loop.quit()
+
+    timer = QTimer()
+    timer.timeout.connect(poll)
+    timer.start(50)
+    QTimer.singleShot(120_000, loop.quit)
+    loop.exec()
+    app.processEvents()
+    ok = win.grab().save(path)
+    win.close()
+    print(f"screenshot {'written to ' + path if ok else 'FAILED'}")
+    return 0 if ok else 1

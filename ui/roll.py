@@ -1,0 +1,167 @@
+"""The piano-roll widget: paints a `RollModel` through a `RollGeometry`, nothing more.
+
+User notes are solid boxes in their track's colour; generated notes are the same colour,
+lighter, with a dashed white outline, so the model's bars stand out at a glance. The playhead is
+a vertical line. Ctrl+wheel zooms around the mouse, the wheel scrolls, and the roll follows
+the newest generated note while a job streams.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from bandmate.models.types import STEPS_PER_BAR, STEPS_PER_BEAT
+from bandmate.ui.roll_model import RollGeometry, RollModel, track_color
+from PyQt6.QtCore import QRectF, Qt, pyqtSignal
+from PyQt6.QtGui import QColor, QFont, QPainter, QPen, QWheelEvent
+from PyQt6.QtWidgets import QScrollArea, QWidget
+
+BACKGROUND = QColor("#1e1f24")
+BLACK_KEY_ROW = QColor("#23252b")
+BAR_LINE = QColor("#5a5d68")
+BEAT_LINE = QColor("#33363e")
+GENERATED_SHADE = QColor(255, 255, 255, 40)
+PLAYHEAD = QColor("#f5f5f5")
+BLACK_KEYS = {1, 3, 6, 8, 10}
+NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
+
+
+class RollCanvas(QWidget):
+    """The drawing surface; sized to the whole timeline, shown through a scroll area."""
+
+    def __init__(self, model: RollModel, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.model = model
+        self.geometry_ = RollGeometry()
+        self.setAttribute(Qt.WidgetAttribute.WA_OpaquePaintEvent)
+        self.relayout()
+
+    def relayout(self, fit_pitches: bool = False, view_w: int = 0, view_h: int = 0) -> None:
+        """Resize to the timeline; ``fit_pitches`` re-fits the key range to the notes."""
+        lo, hi = self.model.pitch_span()
+        g = self.geometry_
+        if fit_pitches:
+            g = g.with_pitch_span(lo, hi)
+            if view_h > 0:
+                keys = g.pitch_hi - g.pitch_lo + 1
+                g = replace(g, px_per_key=max(4.0, min(14.0, (view_h - 2) / keys)))
+        elif lo < g.pitch_lo or hi > g.pitch_hi:
+            g = g.with_pitch_span(min(lo, g.pitch_lo), max(hi, g.pitch_hi))
+        self.geometry_ = g
+        w, h = g.size(max(self.model.bars, 4))
+        self.setFixedSize(max(int(w), view_w), max(int(h), view_h))
+
+    def paintEvent(self, event) -> None:
+        g = self.geometry_
+        clip = event.rect()
+        p = QPainter(self)
+        p.fillRect(clip, BACKGROUND)
+        # key rows
+        for pitch in range(g.pitch_lo, g.pitch_hi + 1):
+            if pitch % 12 in BLACK_KEYS:
+                row = QRectF(clip.left(), g.y(pitch), clip.width(), g.px_per_key)
+                p.fillRect(row, BLACK_KEY_ROW)
+        # generated region shade
+        if self.model.bars > self.model.prompt_bars and self.model.generated_count():
+            x0 = g.x(self.model.prompt_bars * STEPS_PER_BAR)
+            p.fillRect(QRectF(x0, clip.top(), g.x(self.model.bars * STEPS_PER_BAR) - x0,
+                              clip.height()), QColor(255, 255, 255, 10))  # fmt: skip
+        # grid
+        first = max(0, int(g.step_at(clip.left())) // STEPS_PER_BEAT * STEPS_PER_BEAT)
+        last = int(g.step_at(clip.right())) + STEPS_PER_BEAT
+        font = QFont(p.font())
+        font.setPointSizeF(7.5)
+        p.setFont(font)
+        for step in range(first, last, STEPS_PER_BEAT):
+            bar_line = step % STEPS_PER_BAR == 0
+            if not bar_line and g.px_per_step * STEPS_PER_BEAT < 6:
+                continue
+            p.setPen(QPen(BAR_LINE if bar_line else BEAT_LINE, 1))
+            x = g.x(step)
+            p.drawLine(int(x), clip.top(), int(x), clip.bottom())
+            if bar_line:
+                p.drawText(int(x) + 3, clip.top() + 10, str(step // STEPS_PER_BAR + 1))
+        # octave labels
+        p.setPen(QPen(QColor("#8a8d98")))
+        for pitch in range(g.pitch_lo, g.pitch_hi + 1):
+            if pitch % 12 == 0:
+                p.drawText(int(max(0, clip.left())) + 2, int(g.y(pitch) + g.px_per_key),
+                           f"C{pitch // 12 - 1}")  # fmt: skip
+        # notes
+        for rn in self.model.notes:
+            x, y, w, h = g.note_rect(rn.note)
+            if x > clip.right() or x + w < clip.left():
+                continue
+            color = QColor(track_color(rn.track))
+            rect = QRectF(x, y, w, h)
+            if rn.generated:
+                p.fillRect(rect, color.lighter(135))
+                p.fillRect(rect, GENERATED_SHADE)
+                pen = QPen(QColor("#ffffff"), 1, Qt.PenStyle.DashLine)
+                p.setPen(pen)
+                p.drawRect(rect.adjusted(0.5, 0.5, -0.5, -0.5))
+            else:
+                p.fillRect(rect, color)
+                p.setPen(QPen(color.darker(160), 1))
+                p.drawRect(rect.adjusted(0.5, 0.5, -0.5, -0.5))
+        # playhead
+        if self.model.playhead is not None:
+            p.setPen(QPen(PLAYHEAD, 2))
+            x = int(g.x(self.model.playhead))
+            p.drawLine(x, clip.top(), x, clip.bottom())
+        p.end()
+
+
+class PianoRoll(QScrollArea):
+    """The scrolling piano roll with zoom; call `refresh()` after changing the model."""
+
+    zoom_changed = pyqtSignal(float)
+
+    def __init__(self, model: RollModel | None = None, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.model = model or RollModel()
+        self.canvas = RollCanvas(self.model)
+        self.setWidget(self.canvas)
+        self.setWidgetResizable(False)
+        self.setMinimumHeight(240)
+        self.follow = True
+        self.setToolTip("Piano roll: your notes solid, generated notes outlined.\n"
+                        "Ctrl+wheel or Ctrl+=/Ctrl+- zoom, wheel scrolls.")  # fmt: skip
+
+    def refresh(self, fit_pitches: bool = False) -> None:
+        vp = self.viewport()
+        self.canvas.relayout(fit_pitches, vp.width(), vp.height())
+        self.canvas.update()
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        self.refresh(fit_pitches=True)
+
+    def center_pitches(self) -> None:
+        lo, hi = self.model.pitch_span()
+        y = self.canvas.geometry_.y((lo + hi) // 2)
+        self.ensureVisible(0, int(y), 0, self.viewport().height() // 2)
+
+    def show_step(self, step: float) -> None:
+        """Scroll so ``step`` is on screen (used to follow the stream and the playhead)."""
+        x = int(self.canvas.geometry_.x(step))
+        bar = self.horizontalScrollBar()
+        if not bar.value() <= x <= bar.value() + self.viewport().width() - 40:
+            bar.setValue(max(0, x - self.viewport().width() * 2 // 3))
+
+    def zoom(self, factor: float, anchor_viewport_x: int | None = None) -> None:
+        bar = self.horizontalScrollBar()
+        ax = self.viewport().width() // 2 if anchor_viewport_x is None else anchor_viewport_x
+        g, new_x = self.canvas.geometry_.zoomed(factor, bar.value() + ax)
+        self.canvas.geometry_ = g
+        self.refresh()
+        bar.setValue(int(new_x - ax))
+        self.zoom_changed.emit(g.px_per_step)
+
+    def wheelEvent(self, event: QWheelEvent) -> None:
+        if event.modifiers() & Qt.KeyboardModifier.ControlModifier:
+            factor = 1.25 if event.angleDelta().y() > 0 else 0.8
+            self.zoom(factor, int(event.position().x()))
+            event.accept()
+        else:
+            super().wheelEvent(event)
