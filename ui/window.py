@@ -109,7 +109,8 @@ class MainWindow(QMainWindow):
     """bandmate's window. Pass ``messages`` / ``store`` / ``engine`` to test it offscreen."""
 
     status_changed = pyqtSignal(str)
-    job_finished = pyqtSignal(object)  # JobResult
+    job_finished = pyqtSignal(object)  # JobResult, or None when the job failed
+    note_streamed = pyqtSignal(int, int, object)  # take, track, Note (after the roll has it)
 
     def __init__(
         self,
@@ -142,6 +143,7 @@ class MainWindow(QMainWindow):
         self.bridge: Any = None
         self.live: LivePlayback | None = None
         self.last_stall_ms: float | None = None
+        self.seed: int | None = None  # fixed seed for reproducible takes (tests, screenshots)
         self.stall = StallMeter(parent=self)
         self._build()
         self._apply_settings(self.settings)
@@ -583,6 +585,7 @@ class MainWindow(QMainWindow):
             temperature=s.temperature,
             density=None if s.density < 0 else s.density,
             variations=s.variations,
+            seed=self.seed,
         )
 
     def _live_prompt(self, bars: int) -> Piece | None:
@@ -671,6 +674,7 @@ class MainWindow(QMainWindow):
         self.roll.refresh()
         if self.roll.follow:
             self.roll.show_step(note.end)
+        self.note_streamed.emit(take, track, note)
 
     def _on_progress(self, done: int, total: int) -> None:
         self.progress.setRange(0, max(1, total))
@@ -739,25 +743,23 @@ class MainWindow(QMainWindow):
     def _open_bridge(self) -> bool:
         if self.bridge is not None:
             return True
-        from bandmate.bridge import Bridge, BridgeConfig
-        from bandmate.bridge.ports import PortError
+        from bandmate.bridge import Bridge, BridgeConfig, PortError, voice_labels
 
         s = self.current_settings()
         self.save_settings()
         cfg_kw: dict[str, Any] = {
             "api": s.midi_api,
-            "clock": "midi" if s.clock_source == "daw" else "internal",
+            # DAW clock = the internal clock until the DAW sends Start/clock, then the DAW's
+            "clock": "auto" if s.clock_source == "daw" else "internal",
             "tempo": s.tempo,
+            "connect_in": s.in_port or None,
+            "connect_out": s.out_port or None,
         }
-        if s.in_port:
-            cfg_kw.update(in_name=s.in_port, connect_in=True)
-        if s.out_port:
-            cfg_kw.update(out_name=s.out_port, connect_out=True)
-        labels = None
+        voices: tuple[str, ...] = ()
         if self.session is not None:
-            labels = (self.session.config.labels, tuple(self.session.labels_seen))
+            voices = voice_labels(self.session.config.labels, self.session.labels_seen)
         try:
-            br = Bridge(BridgeConfig(**cfg_kw), labels=labels)
+            br = Bridge(BridgeConfig(**cfg_kw), voices=voices)
             br.open()
         except (PortError, OSError, RuntimeError, ValueError) as e:
             self.messages.error(
@@ -797,8 +799,16 @@ class MainWindow(QMainWindow):
         self.connect_btn.setChecked(True)
         sched = self.bridge.scheduler
         clock = self.bridge.clock
-        if not clock.state().running and hasattr(clock, "start"):
-            clock.start()
+        if not clock.state().running:
+            internal = getattr(clock, "internal", clock)
+            if hasattr(internal, "start"):
+                internal.start()
+            else:
+                self.messages.info(
+                    "Waiting for the DAW",
+                    "The preview plays when your DAW's transport runs. Press play there, "
+                    "or choose Clock: Internal tempo.",
+                )
         bar = sched.next_bar_line(lead_ms=100)
         for i, t in enumerate(clip.tracks):
             sched.add_notes(list(t.notes), channel=t.channel, velocity=t.velocity,

@@ -189,3 +189,43 @@ def test_gap_tracker():
     for t in (0.0, 0.01, 0.02, 0.09, 0.10):
         g.tick(t)
     assert g.max_gap == pytest.approx(0.07) and g.max_stall == pytest.approx(0.06)
+
+
+def test_stream_placer_anchors_at_bar_line_and_channels():
+    from bandmate.ui.live import StreamPlacer, channel_for_track
+
+    prompt = Piece(
+        (Track("SOPRANO", (Note(0, 72, 4),), channel=0, velocity=90),
+         Track("BASS", (Note(0, 48, 16),), channel=1)),
+        bars=4,
+    )  # fmt: skip
+    sp = StreamPlacer(prompt, first_step=prompt.steps, target_bar=9)
+    assert sp.note(0, Note(64, 70, 68)) == []  # held until the first bar is ready
+    placed = sp.anchor(earliest_bar=9)
+    assert len(placed) == 1 and placed[0].origin_step == 9 * 16 - 64
+    assert placed[0].channel == 0 and placed[0].velocity == 90
+    # the note at the prompt's end plays on bar 9's downbeat
+    assert placed[0].origin_step + placed[0].note.start == 9 * 16
+    assert sp.note(1, Note(80, 40, 84))[0].channel == 1
+    late = StreamPlacer(prompt, first_step=0, target_bar=9)
+    late.note(2, Note(0, 40, 4))
+    assert late.anchor(earliest_bar=11)[0].origin_step == 11 * 16
+    assert late.anchor(earliest_bar=20) == []
+    assert channel_for_track(prompt, 2) == 2
+    assert channel_for_track(prompt, 2, "DRUMS") == 9
+
+
+def test_clip_of_continue_and_add():
+    from bandmate.ui.window import clip_of
+
+    prompt = _piece()
+    cont = Piece(
+        (prompt.tracks[0].with_notes([*prompt.tracks[0].notes, Note(16, 70, 20)]),
+         prompt.tracks[1]),
+        bars=2,
+    )  # fmt: skip
+    clip = clip_of(prompt, cont, "continue")
+    assert clip.bars == 1 and clip.tracks[0].notes == (Note(0, 70, 4),)
+    added = Piece((*prompt.tracks, Track("33", (Note(0, 36, 8),))), bars=1)
+    clip = clip_of(prompt, added, "add")
+    assert [t.inst for t in clip.tracks] == ["33"]
