@@ -1,0 +1,220 @@
+"""Training: packing, schedule, config, a real tiny run, and resume after a real kill."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from bandmate.models.vocab import PAD, PIECE_START
+from bandmate.training import data as D
+from bandmate.training.export import CHORALE_CODEC
+from bandmate.training.flops import flops_per_token, peak_tflops
+from bandmate.training.run_io import latest_checkpoint
+from bandmate.training.synthetic import write_synthetic_data
+from bandmate.training.train import TrainConfig, lr_at, resolve_precision, train
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_synthetic_data(tmp_path_factory.mktemp("d") / "data", CHORALE_CODEC, 160, 32)
+
+
+# ----------------------------------------------------------------- pure logic
+
+
+def test_pack_never_splits_and_covers_every_sample():
+    lengths = np.array([5, 9, 3, 10, 12, 1, 7])
+    order = np.array([3, 0, 6, 1, 5, 2, 4])
+    blocks = D.pack(lengths, order, block=10)
+    assert np.concatenate(blocks).tolist() == order.tolist()  # order kept, nothing lost
+    for b in blocks:
+        assert sum(min(lengths[i], 10) for i in b) <= 10
+    # Greedy: the next sample would not have fitted in the previous block.
+    for prev, nxt in itertools.pairwise(blocks):
+        assert sum(min(lengths[i], 10) for i in prev) + min(lengths[nxt[0]], 10) > 10
+
+
+def test_blocks_start_with_piece_start_and_pad_is_never_a_label(data_dir):
+    split = D.open_data(data_dir, "train")
+    p = D.PackedEpochs(split, block=128, micro=4, accum=2, seed=1)
+    (ids, samples), _ = p.step_batches(0, 0)
+    assert ids.shape == (4, 128)
+    assert (ids[:, 0] == PIECE_START).all()
+    labels = D.labels_for(ids)
+    assert (labels[ids == PAD] == D.IGNORE).all() and (labels[ids != PAD] == ids[ids != PAD]).all()
+    # Real tokens are the samples back to back.
+    want = np.concatenate([np.asarray(split[i]) for i in samples[0]])[:128]
+    np.testing.assert_array_equal(ids[0, : len(want)], want)
+
+
+def test_data_order_is_deterministic_and_ranks_partition_a_step(data_dir):
+    split = D.open_data(data_dir, "train")
+    one = D.PackedEpochs(split, 128, micro=2, accum=1, world=2, rank=0, seed=3)
+    two = D.PackedEpochs(split, 128, micro=2, accum=1, world=2, rank=1, seed=3)
+    again = D.PackedEpochs(split, 128, micro=2, accum=1, world=2, rank=0, seed=3)
+    a = one.step_batches(1, 2)[0][1]
+    assert a == again.step_batches(1, 2)[0][1]
+    b = two.step_batches(1, 2)[0][1]
+    assert not set(map(tuple, a)) & set(map(tuple, b))
+    assert one.step_batches(0, 2)[0][1] != a  # a new epoch reshuffles
+
+
+def test_lr_schedule_warmup_then_cosine():
+    cfg = TrainConfig(lr=1e-3, warmup_steps=10, min_lr_ratio=0.1)
+    lrs = [lr_at(s, 200, cfg) for s in range(200)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert all(x >= y for x, y in itertools.pairwise(lrs[10:]))
+    assert lrs[-1] == pytest.approx(1e-4, rel=1e-2)
+
+
+def test_config_validation_and_json_roundtrip():
+    cfg = TrainConfig(preset="seed")
+    assert (cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.n_positions) == (6, 8, 512, 2048)
+    assert TrainConfig.from_json(json.loads(json.dumps(cfg.to_json()))) == cfg
+    with pytest.raises(ValueError, match="tiny"):
+        TrainConfig(preset="huge")
+    with pytest.raises(ValueError, match="bf16"):
+        TrainConfig(precision="int4")
+    with pytest.raises(ValueError, match="multiple"):
+        TrainConfig(n_embd=66, n_head=4)
+
+
+def test_precision_by_device():
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    with pytest.raises(ValueError, match="GPU"):
+        resolve_precision("fp16", torch.device("cpu"))
+
+
+def test_megatron_flops_formula():
+    # Seed model, s=2048: 72*l*h^2*(1 + s/6h + V/12lh) per token, and eq. 3 (x4/3 passes).
+    f = flops_per_token(6, 512, 2048, 430)
+    assert f == pytest.approx(72 * 6 * 512**2 * (1 + 2048 / 3072 + 430 / (12 * 6 * 512)))
+    assert flops_per_token(6, 512, 2048, 430, recompute=True) / f == pytest.approx(4 / 3, 0.01)
+    assert peak_tflops("NVIDIA H100 80GB HBM3", "bf16") == 989.0
+    assert peak_tflops("Tesla V100-SXM3-32GB", "fp16") == 125.0
+    assert peak_tflops("Tesla V100-SXM3-32GB", "bf16") is None
+    assert peak_tflops("cpu", "fp32") is None
+
+
+# ----------------------------------------------------------------- integration
+
+
+def test_tiny_run_learns_and_checkpoints(data_dir, tmp_path):
+    cfg = TrainConfig(
+        preset="tiny",
+        n_positions=128,
+        batch_size=4,
+        max_steps=40,
+        lr=3e-3,
+        warmup_steps=4,
+        eval_every=20,
+        log_every=10,
+        save_every=20,
+    )
+    s = train(data_dir, tmp_path / "run", cfg, progress=False)
+    assert s["finished"] and s["steps"] == 40
+    assert s["val_loss"] < s["unigram_val_loss"]  # the grammar is learnable
+    lines = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    tr = [x for x in lines if x["event"] == "train"]
+    assert tr[-1]["loss"] < tr[0]["loss"] and all(math.isfinite(x["loss"]) for x in tr)
+    assert tr[0]["tokens_per_s"] > 0 and tr[0]["model_tflops"] > 0
+    assert 0 <= s["loop_overhead_fraction"] < 1
+    ck = latest_checkpoint(tmp_path / "run")
+    assert ck.name == "step-0000040"
+    assert {p.name for p in ck.iterdir()} == {
+        "model.safetensors",
+        "optim.safetensors",
+        "optim.json",
+        "state.json",
+    }
+    assert list((tmp_path / "run" / "tb").glob("events.*"))
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(data_dir, tmp_path / "run", cfg, progress=False)
+
+
+def _cli(data_dir, run, steps, *extra):
+    return [
+        sys.executable,
+        "-m",
+        "bandmate",
+        "train",
+        str(data_dir),
+        "-o",
+        str(run),
+        "--preset",
+        "tiny",
+        "--n-positions",
+        "64",
+        "--batch-size",
+        "2",
+        "--lr",
+        "3e-3",
+        "--max-steps",
+        str(steps),
+        "--log-every",
+        "1",
+        "--save-every",
+        "5",
+        "--eval-every",
+        "50",
+        "--warmup-steps",
+        "5",
+        "--dropout",
+        "0.1",
+        "--no-progress",
+        *extra,
+    ]
+
+
+def _log(run: Path) -> dict[int, dict]:
+    recs = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    return {r["step"]: r for r in recs if r["event"] == "train"}
+
+
+def test_resume_after_kill_continues_steps_and_data_order(data_dir, tmp_path):
+    steps = 150
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    subprocess.run(
+        _cli(data_dir, ref, steps), check=True, env=env, timeout=300, capture_output=True
+    )
+    proc = subprocess.Popen(
+        _cli(data_dir, run, steps), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 240
+    killed_at = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        ck = latest_checkpoint(run)
+        if ck is not None and int(ck.name.split("-")[1]) >= 10:
+            proc.send_signal(signal.SIGKILL)  # no chance to save anything more
+            killed_at = int(ck.name.split("-")[1])
+            break
+        time.sleep(0.01)
+    proc.wait(timeout=30)
+    assert killed_at is not None and killed_at < steps, "the run ended before it was killed"
+    assert proc.returncode == -signal.SIGKILL
+    subprocess.run(
+        _cli(data_dir, run, steps, "--resume"),
+        check=True,
+        env=env,
+        timeout=300,
+        capture_output=True,
+    )
+    a, b = _log(ref), _log(run)
+    assert sorted(b) == list(range(1, steps + 1))  # every step once, none repeated or lost
+    for s in range(1, steps + 1):
+        assert a[s]["batch"] == b[s]["batch"], f"data order differs at step {s}"
+        assert math.isfinite(b[s]["loss"])
+        assert b[s]["loss"] == pytest.approx(a[s]["loss"], abs=1e-4), f"step {s}"
+    final = json.loads((run / "summary.json").read_text())
+    assert final["steps"] == steps and final["finished"]

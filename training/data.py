@@ -1,0 +1,213 @@
+"""Training batches from prepared shards: packing samples into fixed-length blocks.
+
+Why packing and not one padded sample per row: chorale samples are a few hundred tokens long
+and vary by 2-3x, so padding every row to the longest wastes a third or more of the compute;
+packing fills a block with consecutive whole samples instead.
+
+How: samples are taken in a per-epoch shuffled order and placed greedily into blocks of
+``block`` tokens; a sample that does not fit starts the next block (samples are never split, so
+every block starts with PIECE_START at position 0, exactly as generation starts), and the few
+tokens left at a block's end are ``[PAD]``. Labels there are -100, so ``[PAD]`` is never
+trained on; causal attention means real tokens never attend to the padding after them.
+Samples longer than a block are cut to the block (counted as ``truncated``). Tokens of
+earlier samples in the same block are context for later ones, as in GPT-2's own packing; each
+sample starts with PIECE_START, which marks the boundary.
+
+The order is a pure function of (seed, epoch), so a resumed run rebuilds exactly the same
+batches and skips to where it stopped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from bandmate.models.vocab import PAD
+
+IGNORE = -100
+
+
+class Split(Protocol):
+    """What ``bandmate.training.shards.open_split`` returns (docs/contracts.md)."""
+
+    def __len__(self) -> int: ...
+    def __getitem__(self, i: int) -> np.ndarray: ...
+
+
+def open_data(data_dir: str | Path, split: str) -> Split:
+    """Open one split of prepared data with the shard reader of ``bandmate prepare``."""
+    try:
+        from bandmate.training.shards import open_split
+    except ImportError:  # the reader of `bandmate prepare` has not landed yet
+        return _LayoutSplit(Path(data_dir), split)
+    return open_split(data_dir, split)
+
+
+class _LayoutSplit:
+    """Reader of the documented shard layout (docs/contracts.md), until shards.py lands."""
+
+    def __init__(self, root: Path, split: str) -> None:
+        idx_path = root / f"{split}.idx.npy"
+        if not idx_path.exists():
+            raise FileNotFoundError(f"{idx_path} missing: run `bandmate prepare` first")
+        self.index = np.load(idx_path)
+        n_shards = int(self.index[:, 0].max()) + 1 if len(self.index) else 0
+        self._shards = [
+            np.memmap(root / f"{split}-{k:05d}.bin", np.uint16, "r") for k in range(n_shards)
+        ]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        k, off, n = (int(x) for x in self.index[i])
+        return self._shards[k][off : off + n]
+
+    @property
+    def tokens_total(self) -> int:
+        return int(self.index[:, 2].sum())
+
+
+def sample_lengths(split: Split) -> np.ndarray:
+    """Token count of every sample (from the index when the reader exposes it)."""
+    idx = getattr(split, "index", None)
+    if isinstance(idx, np.ndarray) and idx.ndim == 2 and idx.shape[1] == 3:
+        return idx[:, 2].astype(np.int64)
+    return np.fromiter((len(split[i]) for i in range(len(split))), np.int64, len(split))
+
+
+def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
+    """The sample order of one epoch: deterministic in (seed, epoch)."""
+    if not shuffle:
+        return np.arange(n, dtype=np.int64)
+    return np.random.default_rng([seed, epoch]).permutation(n).astype(np.int64)
+
+
+def pack(lengths: np.ndarray, order: np.ndarray, block: int) -> list[np.ndarray]:
+    """Greedy packing: consecutive samples of ``order`` per block, never split, never reordered."""
+    blocks: list[np.ndarray] = []
+    cur: list[int] = []
+    used = 0
+    for i in order.tolist():
+        n = min(int(lengths[i]), block)
+        if cur and used + n > block:
+            blocks.append(np.asarray(cur, np.int64))
+            cur, used = [], 0
+        cur.append(i)
+        used += n
+    if cur:
+        blocks.append(np.asarray(cur, np.int64))
+    return blocks
+
+
+def build_block(split: Split, samples: np.ndarray, block: int) -> np.ndarray:
+    """The int64 token row of one block: samples back to back, then [PAD] to ``block``."""
+    row = np.full(block, PAD, np.int64)
+    pos = 0
+    for i in samples.tolist():
+        toks = np.asarray(split[i])[: block - pos]
+        row[pos : pos + len(toks)] = toks
+        pos += len(toks)
+    return row
+
+
+def labels_for(ids: np.ndarray) -> np.ndarray:
+    """Labels = inputs with [PAD] ignored (the model shifts them by one)."""
+    return np.where(ids == PAD, IGNORE, ids)
+
+
+@dataclass
+class PackedEpochs:
+    """Blocks of one split, epoch by epoch, for one rank of a data-parallel run.
+
+    A global batch (one optimizer step) is ``micro * accum * world`` blocks; rank r takes
+    every world-th block of each micro-batch slice, so 1 and N GPUs see the same data in the
+    same order per step (up to the split across GPUs).
+    """
+
+    split: Split
+    block: int
+    micro: int
+    accum: int
+    world: int = 1
+    rank: int = 0
+    seed: int = 0
+    shuffle: bool = True
+
+    def __post_init__(self) -> None:
+        self.lengths = sample_lengths(self.split)
+        self.truncated = int((self.lengths > self.block).sum())
+        self._epoch = -1
+        self._blocks: list[np.ndarray] = []
+
+    @property
+    def per_step(self) -> int:
+        return self.micro * self.accum * self.world
+
+    def blocks(self, epoch: int) -> list[np.ndarray]:
+        if epoch != self._epoch:
+            order = epoch_order(len(self.lengths), self.seed, epoch, self.shuffle)
+            self._blocks = pack(self.lengths, order, self.block)
+            self._epoch = epoch
+        return self._blocks
+
+    def steps_per_epoch(self) -> int:
+        """Full optimizer steps per epoch (the incomplete last batch is dropped)."""
+        return len(self.blocks(0)) // self.per_step
+
+    def step_batches(self, epoch: int, step_in_epoch: int) -> list[tuple[np.ndarray, list]]:
+        """This rank's micro-batches for one optimizer step: (ids [micro, block], sample ids)."""
+        blocks = self.blocks(epoch)
+        start = step_in_epoch * self.per_step
+        out = []
+        for a in range(self.accum):
+            base = start + a * self.micro * self.world
+            mine = [blocks[base + self.rank + self.world * j] for j in range(self.micro)]
+            ids = np.stack([build_block(self.split, s, self.block) for s in mine])
+            out.append((ids, [s.tolist() for s in mine]))
+        return out
+
+
+def fingerprint(sample_lists: list[list[list[int]]]) -> int:
+    """A short hash of which samples a step trained on (logged, to check resumed order)."""
+    h = 0
+    for mb in sample_lists:
+        for blk in mb:
+            for i in blk:
+                h = (h * 1_000_003 + i + 1) % (1 << 61)
+    return h
+
+
+def unigram_loss(train: Split, val: Split, vocab_size: int, max_samples: int = 20000) -> float:
+    """Cross-entropy (nats/token) of val under train's token frequencies (add-one smoothed).
+
+    The baseline a model must beat to have learned anything beyond token frequencies.
+    """
+    counts = np.ones(vocab_size, np.float64)
+    step = max(len(train) // max_samples, 1)
+    for i in range(0, len(train), step):
+        counts += np.bincount(np.asarray(train[i]), minlength=vocab_size)[:vocab_size]
+    counts[PAD] = 0
+    logp = np.log(counts / counts.sum(), where=counts > 0, out=np.full(vocab_size, -np.inf))
+    total = 0.0
+    n = 0
+    vstep = max(len(val) // max_samples, 1)
+    for i in range(0, len(val), vstep):
+        t = np.asarray(val[i])[1:]  # the first token is never predicted
+        total -= float(logp[t].sum())
+        n += len(t)
+    return total / max(n, 1)
+
+
+def label_counts(split: Split, inst0: int, labels: tuple[str, ...], max_samples: int = 20000):
+    """INST labels of the data, most frequent first (bandmate.json's ``labels_seen``)."""
+    counts = np.zeros(len(labels), np.int64)
+    step = max(len(split) // max_samples, 1)
+    for i in range(0, len(split), step):
+        t = np.asarray(split[i])
+        t = t[(t >= inst0) & (t < inst0 + len(labels))] - inst0
+        counts += np.bincount(t, minlength=len(labels))
+    order = np.argsort(-counts, kind="stable")
+    return [(labels[k], int(counts[k])) for k in order if counts[k] > 0]

@@ -1,0 +1,57 @@
+"""Train a GPT-2 music model on prepared shards (one CPU, one GPU, or torchrun on many).
+
+Examples:
+  bandmate train data/ -o runs/tiny --preset tiny --max-steps 200
+  torchrun --nproc-per-node 8 -m bandmate train data/ -o runs/seed --preset seed
+  bandmate train data/ -o runs/seed --resume            (continue a stopped run)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import fields
+
+from bandmate.training.train import TrainConfig, train
+
+log = logging.getLogger(__name__)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("data", help="folder written by `bandmate prepare`")
+    parser.add_argument("-o", "--out", required=True, help="run folder (checkpoints, logs)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    defaults = TrainConfig()
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f.metadata.get("help", "")
+        default = (
+            getattr(defaults, f.name)
+            if f.name not in ("n_layer", "n_head", "n_embd", "n_positions", "batch_size")
+            else 0
+        )
+        if isinstance(default, bool):
+            parser.add_argument(flag, action="store_true", help=help_text)
+        else:
+            kw = {"choices": ("tiny", "small", "seed")} if f.name == "preset" else {}
+            parser.add_argument(flag, type=type(default), default=default, help=help_text, **kw)
+
+
+def run(args: argparse.Namespace) -> int:
+    kw = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
+    try:
+        cfg = TrainConfig(**kw)
+        summary = train(
+            args.data,
+            args.out,
+            cfg,
+            resume=args.resume,
+            device=args.device,
+            progress=not args.no_progress,
+        )
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        log.error("%s", e)
+        return 2
+    return 0 if summary["finished"] or summary["steps"] else 1
