@@ -162,6 +162,15 @@ class Scheduler:
         with self._cond:
             return len(self._heap)
 
+    def pending_notes(self) -> list[tuple[float, float, int, int, int]]:
+        """Pending notes as sorted (tick_on, tick_off, channel, pitch, velocity)."""
+        with self._cond:
+            evs = list(self._heap)
+        on = {e.note_id: e for e in evs if e.order == 1}
+        off = {e.note_id: e for e in evs if e.order == 0}
+        return sorted((e.tick, off[i].tick, e.channel, e.pitch, e.velocity)
+                      for i, e in on.items() if i in off)
+
     def sounding(self) -> set[tuple[int, int]]:
         with self._cond:
             return set(self._sounding)
