@@ -94,7 +94,7 @@ def test_internal_clock_tempo_change_keeps_position():
     after = c.state().tick_at(time.perf_counter_ns())
     assert after == pytest.approx(before, abs=0.5)
     assert c.state().tempo == 90.0
-    with pytest.raises(ValueError, match="20..400"):
+    with pytest.raises(ValueError, match=r"20\.\.400"):
         c.set_tempo(1000)
 
 
