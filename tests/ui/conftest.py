@@ -6,3 +6,54 @@ import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("JACK_NO_START_SERVER", "1")
+
+from pathlib import Path
+
+import pytest
+
+CHORALE = Path(__file__).parents[1] / "data" / "jsfakes-0.mid"
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory) -> Path:
+    """A tiny random-weight model folder (real ONNX, real tokenizer.json), made once."""
+    from bandmate.training.export import export_random
+
+    return export_random(tmp_path_factory.mktemp("model") / "random", seed=0)
+
+
+@pytest.fixture
+def store(tmp_path):
+    """A private settings file, so tests never touch the user's QSettings."""
+    from PyQt6.QtCore import QSettings
+
+    return QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
+
+
+@pytest.fixture
+def make_window(qtbot):
+    """Build a window offscreen (message boxes off) and wait until its model has loaded."""
+    from bandmate.ui.messages import MessageSink
+    from bandmate.ui.window import MainWindow
+
+    def make(store, model) -> MainWindow:
+        w = MainWindow(store=store, messages=MessageSink(show_boxes=False), model_path=str(model))
+        qtbot.addWidget(w)
+        w.show()
+        qtbot.waitUntil(lambda: w.session is not None or bool(w.model_error), timeout=60_000)
+        return w
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def ui_jack_server():
+    """A private JACK server (dummy backend, 256 frames) for the live tests, stopped by PID."""
+    from bandmate.bridge.jackserver import JackServer
+
+    srv = JackServer(f"bm-ui-{os.getpid()}", period=256, rate=48000)
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()

@@ -10,35 +10,13 @@ from bandmate.models.types import Piece
 from bandmate.ui.jobs import JobResult
 from bandmate.ui.messages import MessageSink
 from bandmate.ui.window import MainWindow
-from PyQt6.QtCore import QSettings
 
-DATA = Path(__file__).parents[1] / "data"
-CHORALE = DATA / "jsfakes-0.mid"
-
-
-@pytest.fixture(scope="session")
-def model_dir(tmp_path_factory) -> Path:
-    from bandmate.training.export import export_random
-
-    return export_random(tmp_path_factory.mktemp("model") / "random", seed=0)
+CHORALE = Path(__file__).parents[1] / "data" / "jsfakes-0.mid"
 
 
 @pytest.fixture
-def store(tmp_path) -> QSettings:
-    return QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
-
-
-def make_window(qtbot, store, model: Path | str | None) -> MainWindow:
-    w = MainWindow(store=store, messages=MessageSink(show_boxes=False), model_path=str(model))
-    qtbot.addWidget(w)
-    w.show()
-    qtbot.waitUntil(lambda: w.session is not None or bool(w.model_error), timeout=60_000)
-    return w
-
-
-@pytest.fixture
-def window(qtbot, store, model_dir) -> MainWindow:
-    w = make_window(qtbot, store, model_dir)
+def window(make_window, store, model_dir) -> MainWindow:
+    w = make_window(store, model_dir)
     assert w.session is not None, w.messages.messages
     w.seed = 1
     return w
@@ -157,8 +135,8 @@ def test_corrupt_and_missing_files_are_refused(qtbot, window, tmp_path):
     run_job(qtbot, w, "continue")  # still works
 
 
-def test_no_model_is_explained(qtbot, store, tmp_path):
-    w = make_window(qtbot, store, tmp_path / "no-such-model")
+def test_no_model_is_explained(make_window, store, tmp_path):
+    w = make_window(store, tmp_path / "no-such-model")
     assert w.session is None
     assert w.messages.last().title == "No model" and "Ctrl+M" in w.messages.last().text
     assert w.open_midi(CHORALE)
@@ -167,8 +145,8 @@ def test_no_model_is_explained(qtbot, store, tmp_path):
     assert "no model" in w.status_label.text()
 
 
-def test_settings_persist(qtbot, store, model_dir):
-    w = make_window(qtbot, store, model_dir)
+def test_settings_persist(qtbot, make_window, store, model_dir):
+    w = make_window(store, model_dir)
     w.bars_box.setCurrentIndex(w.bars_box.findData(8))
     w.temp_spin.setValue(0.7)
     w.var_spin.setValue(3)

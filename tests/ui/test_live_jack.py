@@ -1,0 +1,105 @@
+"""End to end on a real JACK server: a stand-in DAW plays 4 chorale bars with MIDI clock into
+the app, the test clicks Continue, and the DAW hears the continuation from the next bar line;
+after Stop no note hangs. Timing is checked against the clocks the DAW sent, never wall time.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import mido
+import pytest
+from bandmate.bridge.dawsim import DawSim, pair_notes
+from bandmate.bridge.facade import wait_until
+from bandmate.models.midi_io import read_midi
+from bandmate.models.types import STEPS_PER_BAR
+from bandmate.ui.live import channel_for_track
+
+pytestmark = pytest.mark.jack
+
+CHORALE = Path(__file__).parents[1] / "data" / "jsfakes-0.mid"
+
+TEMPO = 160.0  # a bar is 1.5 s; one clock (15.6 ms) spans more than two JACK periods
+TOL_STEPS = 0.3
+
+
+def note_msgs(piece) -> dict[int, list[mido.Message]]:
+    """A piece's notes as the DAW sends them, keyed by clock tick (6 clocks per 16th)."""
+    out: dict[int, list[mido.Message]] = {}
+    for t in piece.tracks:
+        for n in t.notes:
+            out.setdefault(n.start * 6, []).append(
+                mido.Message("note_on", channel=t.channel, note=n.pitch, velocity=90)
+            )
+            out.setdefault(n.end * 6, []).insert(
+                0, mido.Message("note_off", channel=t.channel, note=n.pitch)
+            )
+    return out
+
+
+def test_live_continue_from_next_bar_line_then_stop(
+    qtbot, make_window, store, model_dir, ui_jack_server
+):
+    w = make_window(store, model_dir)
+    assert w.session is not None
+    w.seed = 3
+    w.api_box.setCurrentText("jack")
+    w.clock_box.setCurrentIndex(w.clock_box.findData("daw"))
+    w.bars_box.setCurrentIndex(w.bars_box.findData(4))
+    w.connect_btn.click()
+    assert w.bridge is not None, w.messages.messages
+    daw = DawSim("bandmate in", "bandmate out", name="ui daw")
+    try:
+        prompt = read_midi(CHORALE, w.session.config).slice_bars(0, 4)
+        daw.play(TEMPO, ticks=12 * 96, notes=note_msgs(prompt))
+
+        # click Continue early in bar 5 (index 4), once the 4 bars are complete
+        def in_bar_4() -> bool:
+            st = w.bridge.clock.state()
+            return st.running and st.tick_at(time.perf_counter_ns()) >= 4 * 96 + 6
+
+        qtbot.waitUntil(in_bar_4, timeout=20_000)
+        with qtbot.waitSignal(w.job_finished, timeout=60_000) as blocker:
+            w.continue_btn.click()
+            assert w.live is not None, "Continue did not use the live capture"
+        result = blocker.args[0]
+        assert result is not None and len(result.takes) == 1
+        captured = w.job_prompt
+        assert [t.inst for t in captured.tracks] == ["SOPRANO", "ALTO", "TENOR", "BASS"]
+        assert {t.channel: t.notes for t in captured.tracks} == {
+            t.channel: t.notes for t in prompt.tracks
+        }
+        placer = w.live.placer
+        assert placer.target_bar == 5  # the next bar line after the click
+        assert placer.anchor_bar == placer.target_bar  # the tiny model is ready in time
+        take = result.takes[0]
+        expected = {
+            (channel_for_track(captured, i), n.pitch, placer.origin_step + n.start)
+            for i, t in enumerate(take.tracks)
+            for n in t.notes
+            if n.start >= captured.steps
+        }
+        assert expected, "the model generated no notes (choose another seed)"
+        first = min(s for _, _, s in expected)
+        assert first >= placer.anchor_bar * STEPS_PER_BAR
+
+        # hear the first notes, then Stop while notes are sounding
+        assert wait_until(lambda: len(daw.messages(["note_on"])) >= 1, 10)
+        w.stop_btn.click()
+        assert wait_until(lambda: not w.bridge.scheduler.sounding(), 5)
+        assert wait_until(lambda: not pair_notes(daw.messages())[1], 3)
+        notes, hanging = pair_notes(daw.messages())
+        assert notes and not hanging
+        for ch, pitch, on_ns, _off in notes:
+            step = daw.step_of(on_ns)
+            match = [s for c, p, s in expected if (c, p) == (ch, pitch)]
+            assert match and min(abs(step - s) for s in match) <= TOL_STEPS, (ch, pitch, step)
+        # the continuation starts on the bar line, not before
+        starts = [daw.step_of(on) for _, _, on, _ in notes]
+        assert min(starts) == pytest.approx(first, abs=TOL_STEPS)
+        daw.stop_transport()
+    finally:
+        daw.close()
+        w.close()
+    assert w.bridge is None
