@@ -496,12 +496,12 @@ def export_run(
     data_dir = summary.get("data_dir")
     if data_dir and Path(data_dir).exists():
         try:
-            from bandmate.training.shards import open_split
+            from bandmate.training.data import open_data
 
-            val = open_split(data_dir, "val")
+            val = open_data(data_dir, "val")
             step = max(len(val) // n_agreement, 1)
             sequences = [np.asarray(val[i]) for i in range(0, len(val), step)][:n_agreement]
-        except (ImportError, FileNotFoundError, KeyError, ValueError) as e:
+        except (OSError, KeyError, ValueError) as e:
             log.warning("int8 agreement on random tokens: cannot read validation data (%s)", e)
     training = {
         **{k: v for k, v in summary.items() if k != "labels"},

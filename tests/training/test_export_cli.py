@@ -1,0 +1,78 @@
+"""`bandmate export` on a real (tiny) training run: files, parity, int8 agreement."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from bandmate.training.export import CHORALE_CODEC, load_run_model
+from bandmate.training.synthetic import write_synthetic_data
+from bandmate.training.train import TrainConfig, train
+
+from bandmate.cli import main
+
+
+def test_train_then_export_cli(tmp_path):
+    data = write_synthetic_data(tmp_path / "data", CHORALE_CODEC, 96, 16)
+    cfg = TrainConfig(
+        preset="tiny",
+        n_positions=128,
+        batch_size=4,
+        max_steps=20,
+        lr=3e-3,
+        warmup_steps=2,
+        eval_every=10,
+        save_every=10,
+    )
+    summary = train(data, tmp_path / "run", cfg, progress=False)
+    out = tmp_path / "model"
+    assert main(["export", str(tmp_path / "run"), "-o", str(out), "--int8"]) == 0
+    meta = json.loads((out / "bandmate.json").read_text())
+    assert sorted(p.name for p in out.iterdir()) == [
+        "bandmate.json",
+        "model.int8.onnx",
+        "model.onnx",
+        "tokenizer.json",
+    ]
+    assert meta["name"] == "model" and meta["onnx"]["default"] == "model.int8.onnx"
+    assert meta["val_loss"] == summary["val_loss"]
+    assert meta["unigram_val_loss"] == summary["unigram_val_loss"]
+    assert meta["labels_seen"][:4] and set(meta["labels_seen"]) == {
+        "SOPRANO",
+        "ALTO",
+        "TENOR",
+        "BASS",
+    }
+    assert meta["training"]["steps"] == 20 and meta["training"]["train_samples"] == 96
+    assert meta["export"]["parity"]["max_abs_logit_diff"] <= 1e-4
+    agree = meta["export"]["int8"]
+    assert agree["top1_match"] > 0.8 and agree["mean_kl"] < 0.1
+    assert agree["tokens"] == sum(min(len(s), 128) for s in _val_samples(data))
+    # The exported graph computes the trained model, on a real validation sample.
+    model, _ = load_run_model(tmp_path / "run")
+    sample = np.fromfile(data / "val-00000.bin", np.uint16)[:50].astype(np.int64)[None]
+    sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    feed = {
+        "input_ids": sample,
+        "attention_mask": np.ones_like(sample),
+        "position_ids": np.arange(50, dtype=np.int64)[None],
+    }
+    feed |= {i.name: np.zeros((1, 2, 0, 32), np.float32) for i in sess.get_inputs()[3:]}
+    with torch.no_grad():
+        ref = model(input_ids=torch.from_numpy(sample)).logits.numpy()
+    assert np.abs(sess.run(["logits"], feed)[0] - ref).max() <= 1e-4
+
+
+def test_export_cli_errors_are_actionable(tmp_path, caplog):
+    assert main(["export", str(tmp_path / "nope"), "-o", str(tmp_path / "m")]) == 2
+    assert "no checkpoint" in caplog.text
+    assert main(["export", str(tmp_path), "-o", str(tmp_path / "m"), "--no-fp32"]) == 2
+
+
+def _val_samples(data):
+    from bandmate.training.data import open_data
+
+    val = open_data(data, "val")
+    return [val[i] for i in range(len(val))]
