@@ -189,6 +189,18 @@ class JamController:
                 item = nxt
             self.run_job(*item)
 
+    def run_queued(self) -> None:
+        """Run what is queued now (the latest trigger wins) on this thread, then return."""
+        item = None
+        while True:
+            try:
+                nxt = self._q.get_nowait()
+            except queue.Empty:
+                break
+            item = nxt if nxt is not None else item
+        if item is not None:
+            self.run_job(*item)
+
     def run_job(self, action: str, value: int, t_ns: int) -> dict[str, Any]:
         with self._job_lock:
             self._cancel = threading.Event()
