@@ -80,6 +80,7 @@ class XrunCounter:
         lib.jack_get_sample_rate.restype = ctypes.c_uint32
         lib.jack_on_shutdown.argtypes = [ctypes.c_void_p, _SHUTDOWN_CB, ctypes.c_void_p]
         self.count = 0
+        self.times: list[int] = []  # perf_counter_ns when each xrun was reported
         self.shut_down = threading.Event()
         self._lock = threading.Lock()
         self._cb = _XRUN_CB(self._on_xrun)  # keep a reference: libjack holds the pointer
@@ -105,6 +106,7 @@ class XrunCounter:
     def _on_xrun(self, _arg: int) -> int:
         with self._lock:
             self.count += 1
+            self.times.append(time.perf_counter_ns())
         return 0
 
     @property
@@ -206,6 +208,12 @@ class JackServer:
     def xruns(self) -> int:
         """Xruns since start, as reported to our xrun-callback client."""
         return self._counter.count if self._counter else 0
+
+    @property
+    def xrun_times(self) -> list[int]:
+        """``perf_counter_ns`` of each xrun report (JACK's notification thread, so a little
+        after the cycle that overran)."""
+        return list(self._counter.times) if self._counter else []
 
     def log_text(self) -> str:
         """What jackd printed so far (stdout and stderr)."""
