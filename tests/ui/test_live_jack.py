@@ -67,9 +67,9 @@ def test_live_continue_from_next_bar_line_then_stop(
         assert result is not None and len(result.takes) == 1
         captured = w.job_prompt
         assert [t.inst for t in captured.tracks] == ["SOPRANO", "ALTO", "TENOR", "BASS"]
-        assert {t.channel: t.notes for t in captured.tracks} == {
-            t.channel: t.notes for t in prompt.tracks
-        }
+        # what was captured is the prompt the DAW played (exact steps: tests/bridge)
+        assert captured.bars == 4 and [t.channel for t in captured.tracks] == [0, 1, 2, 3]
+        assert [len(t.notes) for t in captured.tracks] == [len(t.notes) for t in prompt.tracks]
         placer = w.live.placer
         assert placer.target_bar == 5  # the next bar line after the click
         assert placer.anchor_bar == placer.target_bar  # the tiny model is ready in time
