@@ -411,6 +411,7 @@ class MainWindow(QMainWindow):
         log.info("model %s loaded (%s)", session.name, session.provider)
         self.save_settings()
         self._update_buttons()
+        self.update_status()
 
     def _model_failed(self, message: str, path: str) -> None:
         self.model_error = message
@@ -422,6 +423,7 @@ class MainWindow(QMainWindow):
             "bandmate.json. 'bandmate export' writes one.",
         )
         self._update_buttons()
+        self.update_status()
 
     def _fill_model_controls(self) -> None:
         s = self.session
