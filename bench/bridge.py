@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--flood-rate", type=int, default=5000, help="flood messages per second")
     ap.add_argument("--flood-s", type=float, default=10.0, help="flood duration")
     ap.add_argument("--no-load", action="store_true", help="skip the CPU-loading process")
+    ap.add_argument("--out", default=None, help="also write the JSON here")
     args = ap.parse_args(argv)
 
     srv = JackServer(f"bm-bench-{os.getpid()}", period=args.period).start()
@@ -233,6 +234,10 @@ def main(argv: list[str] | None = None) -> int:
             load.terminate()
             load.wait(5)
         srv.stop()
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump(res, fh, indent=1)
+            fh.write("\n")
     print(json.dumps(res))
     return 0
 

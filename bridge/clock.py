@@ -164,7 +164,7 @@ class MidiClockFollower(_Listeners):
         self._hist: deque[tuple[int, int]] = deque(maxlen=window)  # (tick index, t_ns)
         self._armed = False  # Start/Continue seen, waiting for the first clock
         self._next_tick = 0  # index the next clock gets when armed / when stopped
-        self._last_gap = False
+        self._last_gap = 0
         self._pending_event = "start"
         self.lost_ticks = 0
         self.clocks = 0
@@ -199,7 +199,7 @@ class MidiClockFollower(_Listeners):
                 self._next_tick = tick
             self._armed = True
             self._hist.clear()
-            self._last_gap = False
+            self._last_gap = 0
             s = self._st
             self._st = ClockState(False, s.tempo, float(self._next_tick), s.t_ns, s.epoch + 1)
         # listeners learn of it when the first clock fixes the time (see _on_clock)
@@ -223,7 +223,7 @@ class MidiClockFollower(_Listeners):
             self._next_tick = tick
             running = s.running
             self._hist.clear()
-            self._last_gap = False
+            self._last_gap = 0
             if running:
                 # a jump while running: the next clock lands on the new position
                 self._armed = True
@@ -272,23 +272,34 @@ class MidiClockFollower(_Listeners):
         # index from the fitted line: where does this arrival fall?
         k_est = s.tick + (t_ns - s.t_ns) / s.ns_per_tick
         n = round(k_est - k_last)
+        if n < 1 and self._last_gap:
+            # the "gap" before was a late clock, not a lost one (this one is early on the
+            # line built from it): take the gap back
+            g = self._last_gap
+            k_prev, t_prev = h.pop()
+            h.append((k_prev - g, t_prev))
+            self.lost_ticks -= g
+            k_last -= g
+            self._last_gap = 0
+            log.debug("clock gap taken back: clock %d was late, not lost", k_last)
         if n < 1 or len(h) < 8:
             n = 1  # too few clocks for a trustworthy line: count them
         if n > 1:
             if self._last_gap or n > self.max_gap:
+                self.lost_ticks -= self._last_gap  # that first "gap" was the change too
                 # two gaps in a row (or a huge one): a tempo change, not lost clocks. Re-base
                 # the line on this clock.
                 n = 1
                 keep = h[-1]
                 h.clear()
                 h.append(keep)
-                self._last_gap = False
+                self._last_gap = 0
             else:
                 self.lost_ticks += n - 1
-                self._last_gap = True
+                self._last_gap = n - 1
                 log.debug("clock gap: %d clock(s) missing before tick %d", n - 1, k_last + n)
         else:
-            self._last_gap = False
+            self._last_gap = 0
         h.append((k_last + n, t_ns))
         tempo = self._fit_tempo(s.tempo)
         # anchor the state on the line at the newest point

@@ -148,7 +148,7 @@ def _sleep_until(target_ns: int) -> None:
         d = target_ns - time.perf_counter_ns()
         if d <= 0:
             return
-        time.sleep(min(d / 1e9, 0.005) if d > 300_000 else 0)
+        time.sleep(min(d / 1e9, 0.005))
 
 
 def pair_notes(received: Iterable[Received]) -> tuple[list[tuple[int, int, int, int]], list]:

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from bandmate.bridge.scheduler import LATE_POLICIES, Scheduler, SchedulerConfig
 log = logging.getLogger(__name__)
 
 CLOCK_MODES = ("auto", "midi", "internal")
+SWITCH_INTERVAL_S = 0.0005
 MessageListener = Callable[[mido.Message, int], None]
 
 
@@ -115,6 +117,10 @@ class Bridge:
     # -- lifecycle -------------------------------------------------------------------------
     def open(self) -> Bridge:
         c = self.config
+        # Python hands the GIL to a waiting thread only after this interval (5 ms by
+        # default): the scheduler would wait that long behind any busy Python thread.
+        if sys.getswitchinterval() > SWITCH_INTERVAL_S:
+            sys.setswitchinterval(SWITCH_INTERVAL_S)
         self.api = resolve_api(c.api)
         self._open_ports()
         if isinstance(self.clock, InternalClock):
