@@ -218,3 +218,66 @@ def test_resume_after_kill_continues_steps_and_data_order(data_dir, tmp_path):
         assert b[s]["loss"] == pytest.approx(a[s]["loss"], abs=1e-4), f"step {s}"
     final = json.loads((run / "summary.json").read_text())
     assert final["steps"] == steps and final["finished"]
+
+
+def test_torchrun_two_processes_equal_one_process_with_accumulation(data_dir, tmp_path):
+    """DDP (gloo, 2 CPU ranks) computes the same steps as 1 process accumulating 2 blocks."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    common = [
+        "--preset",
+        "tiny",
+        "--n-positions",
+        "64",
+        "--batch-size",
+        "2",
+        "--max-steps",
+        "8",
+        "--log-every",
+        "1",
+        "--eval-every",
+        "4",
+        "--save-every",
+        "4",
+        "--no-progress",
+    ]
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        str(29500 + os.getpid() % 1000),
+    ]
+    subprocess.run(
+        [*torchrun, "-m", "bandmate", "train", str(data_dir), "-o", str(tmp_path / "ddp"), *common],
+        check=True,
+        env=env,
+        timeout=300,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bandmate",
+            "train",
+            str(data_dir),
+            "-o",
+            str(tmp_path / "one"),
+            "--grad-accum",
+            "2",
+            *common,
+        ],
+        check=True,
+        env=env,
+        timeout=300,
+        capture_output=True,
+    )
+    a, b = _log(tmp_path / "one"), _log(tmp_path / "ddp")
+    assert sorted(a) == sorted(b) == list(range(1, 9))
+    for s in a:
+        assert b[s]["loss"] == pytest.approx(a[s]["loss"], abs=1e-5)
+    sa = json.loads((tmp_path / "one" / "summary.json").read_text())
+    sb = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert sb["world_size"] == 2 and sb["val_loss"] == pytest.approx(sa["val_loss"], abs=1e-5)
