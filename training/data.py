@@ -38,36 +38,9 @@ class Split(Protocol):
 
 def open_data(data_dir: str | Path, split: str) -> Split:
     """Open one split of prepared data with the shard reader of ``bandmate prepare``."""
-    try:
-        from bandmate.training.shards import open_split
-    except ImportError:  # the reader of `bandmate prepare` has not landed yet
-        return _LayoutSplit(Path(data_dir), split)
+    from bandmate.training.shards import open_split
+
     return open_split(data_dir, split)
-
-
-class _LayoutSplit:
-    """Reader of the documented shard layout (docs/contracts.md), until shards.py lands."""
-
-    def __init__(self, root: Path, split: str) -> None:
-        idx_path = root / f"{split}.idx.npy"
-        if not idx_path.exists():
-            raise FileNotFoundError(f"{idx_path} missing: run `bandmate prepare` first")
-        self.index = np.load(idx_path)
-        n_shards = int(self.index[:, 0].max()) + 1 if len(self.index) else 0
-        self._shards = [
-            np.memmap(root / f"{split}-{k:05d}.bin", np.uint16, "r") for k in range(n_shards)
-        ]
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def __getitem__(self, i: int) -> np.ndarray:
-        k, off, n = (int(x) for x in self.index[i])
-        return self._shards[k][off : off + n]
-
-    @property
-    def tokens_total(self) -> int:
-        return int(self.index[:, 2].sum())
 
 
 def sample_lengths(split: Split) -> np.ndarray:
