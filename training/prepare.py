@@ -1,0 +1,929 @@
+"""``bandmate prepare``: MIDI folders -> mmmtrack token shards, in parallel, resumable.
+
+How the guarantees are met (docs/prepare.md says more):
+
+- **Same output for any ``--workers``.** Files are listed in a fixed order and cut into chunks
+  whose boundaries depend only on the file list. A worker encodes one chunk into one file under
+  ``OUT/.work/``; the final merge reads chunks in order, so which process did what never shows.
+- **A killed run resumes to the same bytes.** Every file is written under a temporary name and
+  renamed into place, so a chunk file either exists whole or not at all. A restart with the same
+  arguments (checked by a hash of the config and of the file listing) skips finished chunks.
+  The merge only reads ``.work`` and rewrites every output file, so it can be repeated; the
+  manifest is written last, then ``.work`` is removed.
+- **Dedup and split are functions of file content.** A file's BLAKE2 hash decides train or val
+  (so no augmentation of a piece straddles the split, and the split does not move when files
+  are added); the first path with a given hash wins, later copies count as ``duplicates``.
+- **DENSITY needs corpus statistics**, so workers leave a slot per track and record its note
+  count; the merge takes quantiles of the counts of the (un-augmented) training samples,
+  then fills the slots.
+- **Speed.** All per-note work is numpy: the codec tokenises every bar of a segment at once
+  (`segment_bars`), and a sample of a window is a gather of ranges of that array
+  (`encode_segment`), with transposition as one masked add per shift.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing as mp
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+from bandmate.models.codec import segment_bars
+from bandmate.models.config import BAR_CHOICES, METERS, CodecConfig
+from bandmate.models.midi_io import MIDI_SUFFIXES, MidiError, SegmentArrays, read_segments_arrays
+from bandmate.models.vocab import (
+    DENSITY0,
+    NOTE_OFF0,
+    NOTE_ON0,
+    PIECE_START,
+    TRACK_END,
+    TRACK_START,
+    Vocab,
+)
+from bandmate.training.shards import (
+    DEFAULT_SHARD_TOKENS,
+    SPLITS,
+    ShardWriter,
+    atomic_write_bytes,
+    tmp_name,
+)
+
+from bandmate import __version__
+
+log = logging.getLogger("bandmate.prepare")
+
+FORMATS = ("bin", "text")
+WORK = ".work"
+#: Fault injection for the crash-isolation test: a worker whose file path contains this
+#: environment variable's value exits abruptly, as a crash in the C++ parser would.
+CRASH_ENV = "BANDMATE_PREPARE_TEST_CRASH"
+_NOTE_END = NOTE_OFF0 + 128  # NOTE_ON and NOTE_OFF ids are [NOTE_ON0, _NOTE_END)
+
+
+class PrepareError(Exception):
+    """A problem the user must fix (arguments, output folder); the message says how."""
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """Everything that decides the bytes of a prepared folder (``--workers`` does not)."""
+
+    sources: tuple[str, ...] = field(metadata={"help": "MIDI files or folders, walked recursively"})
+    bars: int = field(default=4, metadata={"help": "bars per sample: 4, 8 or 16"})
+    hop: int = field(default=0, metadata={"help": "bars between window starts; 0 = bars"})
+    transpose: tuple[int, int] = field(
+        default=(-5, 6), metadata={"help": "train-only transpositions LO..HI semitones"}
+    )
+    val_fraction: float = field(default=0.05, metadata={"help": "share of files held out"})
+    density_bins: int = field(default=4, metadata={"help": "DENSITY buckets; 0 = none"})
+    density_edges: tuple[float, ...] = field(
+        default=(), metadata={"help": "fixed bucket edges instead of training quantiles"}
+    )
+    voices: tuple[str, ...] = field(default=(), metadata={"help": "label tracks by order"})
+    meter: str = field(default="strict", metadata={"help": "strict or assume-4/4"})
+    shard: tuple[int, int] = field(default=(0, 1), metadata={"help": "this part I of N"})
+    format: str = field(default="bin", metadata={"help": "bin (uint16 shards) or text"})
+    chunk_files: int = field(default=0, metadata={"help": "files per work unit; 0 = auto"})
+    shard_tokens: int = field(default=DEFAULT_SHARD_TOKENS, metadata={"help": "tokens/shard"})
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "sources", tuple(str(s) for s in self.sources))
+        set_(self, "transpose", tuple(int(x) for x in self.transpose))
+        set_(self, "shard", tuple(int(x) for x in self.shard))
+        set_(self, "voices", tuple(v.upper() for v in self.voices))
+        set_(self, "density_edges", tuple(float(e) for e in self.density_edges))
+        if not self.sources:
+            raise ValueError("give at least one MIDI file or folder")
+        if self.bars not in BAR_CHOICES:
+            raise ValueError(f"bars must be one of {BAR_CHOICES}, got {self.bars}")
+        if not 0 <= self.hop <= 64:
+            raise ValueError(f"hop must be 1..64 bars (0 = bars), got {self.hop}")
+        lo, hi = self.transpose
+        if not -24 <= lo <= 0 <= hi <= 24:
+            raise ValueError(f"transpose LO:HI needs -24 <= LO <= 0 <= HI <= 24, got {lo}:{hi}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if not 0 <= self.density_bins <= 64:
+            raise ValueError(f"density_bins must be 0..64, got {self.density_bins}")
+        if self.density_edges:
+            if len(self.density_edges) != self.density_bins - 1:
+                raise ValueError(
+                    f"density_edges needs density_bins - 1 = {self.density_bins - 1} values"
+                )
+            if list(self.density_edges) != sorted(self.density_edges):
+                raise ValueError("density_edges must be ascending")
+        if self.meter not in METERS:
+            raise ValueError(f"meter must be one of {METERS}, got {self.meter!r}")
+        i, n = self.shard
+        if not (n >= 1 and 0 <= i < n):
+            raise ValueError(f"shard I/N needs 0 <= I < N, got {i}/{n}")
+        if self.format not in FORMATS:
+            raise ValueError(f"format must be one of {FORMATS}, got {self.format!r}")
+        if self.chunk_files < 0:
+            raise ValueError("chunk_files must be >= 0 (0 = automatic)")
+        if self.shard_tokens < 1:
+            raise ValueError("shard_tokens must be >= 1")
+        self.codec()  # validates the voice labels
+
+    @property
+    def window_hop(self) -> int:
+        return self.hop or self.bars
+
+    @property
+    def shifts(self) -> tuple[int, ...]:
+        lo, hi = self.transpose
+        return tuple(k for k in range(lo, hi + 1) if k != 0)
+
+    def codec(self, edges: Sequence[float] = ()) -> CodecConfig:
+        return CodecConfig(
+            bars=self.bars,
+            voices=self.voices,
+            density_bins=self.density_bins,
+            density_edges=tuple(edges),
+            meter=self.meter,
+        )
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        for k, v in d.items():
+            if isinstance(v, tuple):
+                d[k] = list(v)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> PrepareConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(
+            **{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names}
+        )
+
+
+# --------------------------------------------------------------------------- pure encoding
+
+
+@dataclass
+class Encoded:
+    """The samples of one file: un-augmented ones first (``n_orig`` of them), then shifted.
+
+    ``slot_pos`` are positions in ``tokens`` of DENSITY tokens still to be filled (their
+    value is a placeholder) and ``slot_count`` the note count each will be bucketed from.
+    """
+
+    tokens: np.ndarray  # uint16
+    lengths: np.ndarray  # int64 per sample
+    n_orig: int
+    slot_pos: np.ndarray  # int64
+    slot_count: np.ndarray  # int64
+
+    @property
+    def samples(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def orig_tokens(self) -> int:
+        return int(self.lengths[: self.n_orig].sum())
+
+
+def _empty() -> Encoded:
+    z = np.zeros(0, np.int64)
+    return Encoded(np.zeros(0, np.uint16), z, 0, z, z)
+
+
+def _ranges(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    """``concatenate([arange(s, s + n) for s, n in zip(starts, lens)])`` without a loop."""
+    total = int(lens.sum())
+    if total == 0:
+        return np.zeros(0, np.int64)
+    excl = np.cumsum(lens) - lens
+    return np.arange(total, dtype=np.int64) + np.repeat(starts - excl, lens)
+
+
+def _window_min(x: np.ndarray, starts: np.ndarray, n: int, op) -> np.ndarray:
+    return op(np.lib.stride_tricks.sliding_window_view(x, n)[starts], axis=1)
+
+
+def encode_segment(
+    seg: SegmentArrays,
+    vocab: Vocab,
+    bars: int,
+    hop: int,
+    shifts: Sequence[int] = (),
+    density: bool = False,
+) -> tuple[list[tuple[np.ndarray, ...]], int]:
+    """Samples of every ``bars``-bar window of a 4/4 segment (window starts ``0, hop, ...``).
+
+    A sample is PIECE_START, then for each track with notes in the window (in track order)
+    ``TRACK_START INST [DENSITY] bar*bars TRACK_END``; a window without notes is no sample.
+    Returns parts ``(tokens, lengths, slot_pos, slot_count)``: the un-augmented samples,
+    then one part per valid transposition, and the number of un-augmented samples.
+    """
+    n_tracks, n_bars_seg = len(seg.tracks), seg.bars
+    if n_tracks == 0 or n_bars_seg < bars:
+        return [], 0
+    tb = segment_bars(seg)
+    starts = np.arange(0, n_bars_seg - bars + 1, hop, dtype=np.int64)
+    cs = np.zeros((n_tracks, n_bars_seg + 1), np.int64)
+    np.cumsum(tb.onsets, axis=1, out=cs[:, 1:])
+    counts = cs[:, starts + bars] - cs[:, starts]  # (tracks, windows)
+    present = counts > 0
+    keep = present.any(axis=0)
+    if not keep.any():
+        return [], 0
+    starts, counts, present = starts[keep], counts[:, keep], present[:, keep]
+    n_win = len(starts)
+    ww, tt = np.nonzero(present.T)  # pairs (window, track), window-major, tracks in order
+    n_pairs = len(ww)
+    body_start = tb.offsets[tt, starts[ww]]
+    body_len = tb.offsets[tt, starts[ww] + bars] - body_start
+    n_ids = len(tb.ids)
+    inst = np.fromiter((vocab.inst_id(t.label) for t in seg.tracks), np.int64, n_tracks)
+    src = np.concatenate(
+        [tb.ids.astype(np.int64), [PIECE_START, TRACK_START, TRACK_END, DENSITY0], inst]
+    )
+    c_ps, c_ts, c_te, c_d, c_inst = n_ids, n_ids + 1, n_ids + 2, n_ids + 3, n_ids + 4
+    # Ranges of `src` per pair: TRACK_START, INST, [DENSITY], the bars, TRACK_END.
+    k = 5 if density else 4
+    body_col = k - 2
+    rs = np.empty((n_pairs, k), np.int64)
+    rl = np.ones((n_pairs, k), np.int64)
+    rs[:, 0] = c_ts
+    rs[:, 1] = c_inst + tt
+    if density:
+        rs[:, 2] = c_d
+    rs[:, body_col] = body_start
+    rl[:, body_col] = body_len
+    rs[:, k - 1] = c_te
+    first_pair = np.searchsorted(ww, np.arange(n_win))
+    ins = first_pair * k
+    rs = np.insert(rs.ravel(), ins, c_ps)
+    rl = np.insert(rl.ravel(), ins, 1)
+    tokens = src[_ranges(rs, rl)]
+    pair_len = (k - 1) + body_len
+    lengths = 1 + np.add.reduceat(pair_len, first_pair)
+    sample_start = np.cumsum(lengths) - lengths
+    if density:
+        range_pos = np.cumsum(rl) - rl
+        slot_pos = range_pos[np.arange(n_pairs) * k + 2 + ww + 1]
+        slot_count = counts[tt, ww]
+    else:
+        slot_pos = slot_count = np.zeros(0, np.int64)
+    parts = [(tokens, lengths, slot_pos, slot_count)]
+    if not shifts:
+        return parts, n_win
+    is_drum = np.fromiter((t.is_drum for t in seg.tracks), bool, n_tracks)
+    pitched = ~is_drum
+    if not pitched.any():
+        return parts, n_win  # drums are never transposed: every shift would be a copy
+    # Which tokens move: NOTE_ON/NOTE_OFF of pitched tracks.
+    range_pitched = np.zeros((n_pairs, k), bool)
+    range_pitched[:, body_col] = pitched[tt]
+    range_pitched = np.insert(range_pitched.ravel(), ins, False)
+    movable = np.repeat(range_pitched, rl) & (tokens >= NOTE_ON0) & (tokens < _NOTE_END)
+    # Pitch range of pitched tracks per window, from the per-bar token runs.
+    ids = tb.ids
+    is_on = (ids >= NOTE_ON0) & (ids < NOTE_OFF0)
+    pitch = ids.astype(np.int64) - NOTE_ON0
+    gstart = tb.offsets[:, :n_bars_seg].ravel()
+    pmin = np.minimum.reduceat(np.where(is_on, pitch, 999), gstart).reshape(n_tracks, -1)
+    pmax = np.maximum.reduceat(np.where(is_on, pitch, -1), gstart).reshape(n_tracks, -1)
+    wmin = _window_min(pmin[pitched].min(axis=0), starts, bars, np.min)
+    wmax = _window_min(pmax[pitched].max(axis=0), starts, bars, np.max)
+    has_pitch = wmax >= 0
+    slot_win = ww
+    for s in shifts:
+        valid = has_pitch & (wmin + s >= 0) & (wmax + s <= 127)
+        if not valid.any():
+            continue
+        tmask = np.repeat(valid, lengths)
+        t2 = tokens[tmask] + s * movable[tmask]
+        l2 = lengths[valid]
+        if density:
+            new_start = np.cumsum(l2) - l2
+            rank = np.cumsum(valid) - 1
+            sv = valid[slot_win]
+            sp2 = new_start[rank[slot_win[sv]]] + (slot_pos[sv] - sample_start[slot_win[sv]])
+            sc2 = slot_count[sv]
+        else:
+            sp2 = sc2 = slot_pos
+        parts.append((t2, l2, sp2, sc2))
+    return parts, n_win
+
+
+def _concat_parts(parts: list[tuple[np.ndarray, ...]], n_orig: int) -> Encoded:
+    if not parts:
+        return _empty()
+    toks, lens, sps, scs = [], [], [], []
+    base = 0
+    for t, ln, sp, sc in parts:
+        toks.append(t)
+        lens.append(ln)
+        sps.append(sp + base)
+        scs.append(sc)
+        base += len(t)
+    tokens = np.concatenate(toks)
+    if len(tokens) and int(tokens.max()) > 0xFFFF:
+        raise ValueError("token id beyond uint16")
+    return Encoded(
+        tokens.astype(np.uint16),
+        np.concatenate(lens).astype(np.int64),
+        n_orig,
+        np.concatenate(sps).astype(np.int64),
+        np.concatenate(scs).astype(np.int64),
+    )
+
+
+def encode_file(
+    src: str | os.PathLike | bytes, cfg: PrepareConfig, augment: bool = True
+) -> Encoded:
+    """All samples of one MIDI file (raises MidiError when the file is unusable)."""
+    codec = cfg.codec()
+    vocab = codec.vocab
+    segs = read_segments_arrays(src, codec)
+    if not segs:
+        raise MidiError(
+            "no bars in 4/4 time (if its time signatures are wrong: --meter assume-4/4)"
+        )
+    shifts = cfg.shifts if augment else ()
+    density = cfg.density_bins > 0
+    orig: list[tuple[np.ndarray, ...]] = []
+    aug: list[tuple[np.ndarray, ...]] = []
+    n_orig = 0
+    for seg in segs:
+        parts, n = encode_segment(seg, vocab, cfg.bars, cfg.window_hop, shifts, density)
+        if parts:
+            orig.append(parts[0])
+            aug.extend(parts[1:])
+            n_orig += n
+    if not n_orig:
+        longest = max(s.bars for s in segs)
+        raise MidiError(
+            f"no {cfg.bars}-bar stretch of 4/4 with notes (longest 4/4 stretch: {longest} bars)"
+        )
+    return _concat_parts(orig + aug, n_orig)
+
+
+def content_split(digest: bytes, val_fraction: float) -> str:
+    """train or val from a file's content hash: stable, and the same on every machine."""
+    u = int.from_bytes(digest[:8], "big") / 2.0**64
+    return "val" if u < val_fraction else "train"
+
+
+def density_edges_from_hist(hist: np.ndarray, bins: int) -> tuple[float, ...]:
+    """Quantile edges (``inverted_cdf``) of integer note counts given as a histogram.
+
+    Edge d is the smallest count c with ``P(count <= c) >= (d+1)/bins``; bucket d holds
+    counts <= edge d, the last bucket everything above.
+    """
+    if bins <= 1:
+        return ()
+    total = int(hist.sum())
+    if total == 0:
+        return tuple(float(d + 1) for d in range(bins - 1))
+    cdf = np.cumsum(hist)
+    qs = [(d + 1) * total / bins for d in range(bins - 1)]
+    return tuple(float(np.searchsorted(cdf, q, side="left")) for q in qs)
+
+
+# --------------------------------------------------------------------------- files and chunks
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    path: str  # as reported (SRC joined with the path below it)
+    abspath: str
+    key: str  # "SRC index/relative path": stable across machines, used by --shard
+
+
+def list_sources(sources: Sequence[str]) -> list[SourceFile]:
+    """MIDI files under each SRC (recursive), each SRC's files sorted by relative path."""
+    out: list[SourceFile] = []
+    for si, src in enumerate(sources):
+        p = Path(src)
+        if p.is_file():
+            out.append(SourceFile(src, str(p.resolve()), f"{si}/{p.name}"))
+            continue
+        if not p.is_dir():
+            raise PrepareError(f"{src}: no such file or folder")
+        found = []
+        for dirpath, dirnames, filenames in os.walk(p):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            for fn in filenames:
+                if fn.lower().endswith(MIDI_SUFFIXES) and not fn.startswith("."):
+                    rel = Path(dirpath, fn).relative_to(p).as_posix()
+                    found.append(rel)
+        for rel in sorted(found):
+            full = p / rel
+            out.append(SourceFile(str(full), str(full.resolve()), f"{si}/{rel}"))
+    return out
+
+
+def select_shard(files: list[SourceFile], shard: tuple[int, int]) -> list[SourceFile]:
+    """The disjoint part I of N: by a hash of each file's SRC-relative path."""
+    i, n = shard
+    if n == 1:
+        return files
+    return [
+        f
+        for f in files
+        if int.from_bytes(hashlib.sha1(f.key.encode()).digest()[:8], "big") % n == i
+    ]
+
+
+def auto_chunk_files(n_files: int) -> int:
+    """Files per work unit: small enough to balance 2..100 workers, large for big corpora."""
+    return int(min(256, max(8, n_files // 400)))
+
+
+def config_hash(cfg: PrepareConfig) -> str:
+    d = cfg.to_json()
+    d["sources"] = [str(Path(s).resolve()) for s in cfg.sources]
+    d["version"] = __version__
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def listing_hash(files: list[SourceFile]) -> str:
+    h = hashlib.sha256()
+    for f in files:
+        try:
+            st = os.stat(f.abspath)
+            h.update(f"{f.abspath}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{f.abspath}\0missing\n".encode())
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class FileResult:
+    path: str
+    hash: str | None
+    split: str
+    reason: str | None
+    enc: Encoded
+
+
+def process_file(f: SourceFile, cfg: PrepareConfig) -> FileResult:
+    """Read, hash and encode one file; every failure becomes a skip reason, never a raise."""
+    crash = os.environ.get(CRASH_ENV)
+    if crash and crash in f.path:
+        os._exit(70)
+    try:
+        data = Path(f.abspath).read_bytes()
+    except OSError as e:
+        return FileResult(f.path, None, "train", f"cannot read the file: {e.strerror}", _empty())
+    digest = hashlib.blake2b(data, digest_size=16).digest()
+    split = content_split(digest, cfg.val_fraction)
+    try:
+        enc = encode_file(data, cfg, augment=split == "train")
+        reason = None
+    except MidiError as e:
+        enc, reason = _empty(), str(e)
+    except Exception as e:  # a bug or a parser failure on odd data: skip, never stop the batch
+        enc = _empty()
+        reason = f"unexpected error ({type(e).__name__}: {e}); please report this file"
+    return FileResult(f.path, digest.hex(), split, reason, enc)
+
+
+def _chunk_path(work: Path, c: int) -> Path:
+    return work / f"chunk-{c:06d}.npz"
+
+
+def write_chunk(path: Path, results: list[FileResult]) -> dict:
+    """One finished work unit, atomically; returns its counts for the progress bar."""
+    meta = [
+        {
+            "path": r.path,
+            "hash": r.hash,
+            "split": r.split,
+            "reason": r.reason,
+            "samples": r.enc.samples,
+            "orig_samples": r.enc.n_orig,
+            "tokens": len(r.enc.tokens),
+            "orig_tokens": r.enc.orig_tokens,
+        }
+        for r in results
+    ]
+    base = np.cumsum([0] + [len(r.enc.tokens) for r in results])
+    arrays = {
+        "meta": np.frombuffer(json.dumps(meta).encode(), np.uint8),
+        "tokens": np.concatenate([np.zeros(0, np.uint16)] + [r.enc.tokens for r in results]),
+        "lengths": np.concatenate([np.zeros(0, np.int64)] + [r.enc.lengths for r in results]),
+        "slot_pos": np.concatenate(
+            [np.zeros(0, np.int64)]
+            + [r.enc.slot_pos + b for r, b in zip(results, base, strict=False)]
+        ),
+        "slot_count": np.concatenate([np.zeros(0, np.int64)] + [r.enc.slot_count for r in results]),
+    }
+    tmp = tmp_name(path)
+    with open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return {
+        "files": len(results),
+        "samples": sum(r.enc.samples for r in results),
+        "tokens": int(base[-1]),
+        "skipped": sum(r.reason is not None for r in results),
+    }
+
+
+def run_chunk(task: tuple[int, list[SourceFile], dict, str]) -> dict:
+    """Worker entry point (module level, picklable: works with fork and spawn)."""
+    c, files, cfg_json, work = task
+    cfg = PrepareConfig.from_json(cfg_json)
+    return write_chunk(_chunk_path(Path(work), c), [process_file(f, cfg) for f in files])
+
+
+def run_one_file(task: tuple[SourceFile, dict]) -> FileResult:
+    f, cfg_json = task
+    return process_file(f, PrepareConfig.from_json(cfg_json))
+
+
+def _mp_context():
+    # fork starts workers in milliseconds (spawn re-imports numpy and symusic per worker);
+    # nothing here depends on inherited state, so spawn works too where fork is missing.
+    methods = mp.get_all_start_methods()
+    return mp.get_context("fork" if "fork" in methods else "spawn")
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass
+class Progress:
+    """Counts for the progress bar and the summary line (workers' view, before dedup)."""
+
+    files: int = 0
+    samples: int = 0
+    tokens: int = 0
+    skipped: int = 0
+
+    def add(self, d: dict) -> None:
+        self.files += d["files"]
+        self.samples += d["samples"]
+        self.tokens += d["tokens"]
+        self.skipped += d["skipped"]
+
+
+def _isolate_chunk(c: int, files: list[SourceFile], cfg_json: dict, work: Path, ctx) -> dict:
+    """Re-run a chunk whose worker died, one file per process, to find the culprit."""
+    results = []
+    ex = ProcessPoolExecutor(max_workers=1, mp_context=ctx)
+    try:
+        for f in files:
+            try:
+                results.append(ex.submit(run_one_file, (f, cfg_json)).result())
+            except BrokenProcessPool:
+                log.warning("%s: the worker crashed on this file; skipped", f.path)
+                results.append(
+                    FileResult(
+                        f.path, None, "train", "the MIDI parser crashed on this file", _empty()
+                    )
+                )
+                ex.shutdown(wait=True)
+                ex = ProcessPoolExecutor(max_workers=1, mp_context=ctx)
+    finally:
+        ex.shutdown(wait=True)
+    return write_chunk(_chunk_path(work, c), results)
+
+
+def _run_chunks(
+    tasks: list[tuple[int, list[SourceFile], dict, str]],
+    workers: int,
+    on_done: Callable[[dict], None],
+) -> None:
+    """Run work units on a process pool; a worker that dies costs only its own files."""
+    if not tasks:
+        return
+    ctx = _mp_context()
+    queue = list(tasks)
+    failed: list[tuple[int, list[SourceFile], dict, str]] = []
+    while queue:
+        ex = ProcessPoolExecutor(max_workers=min(workers, len(queue)), mp_context=ctx)
+        running: dict = {}
+        broken = False
+        try:
+            while queue or running:
+                while queue and len(running) < workers and not broken:
+                    t = queue.pop(0)
+                    running[ex.submit(run_chunk, t)] = t
+                if not running:
+                    break
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    t = running.pop(fut)
+                    try:
+                        on_done(fut.result())
+                    except BrokenProcessPool:
+                        broken = True
+                        failed.append(t)
+                if broken:
+                    # Every unit still running on the broken pool is suspect too.
+                    for fut, t in running.items():
+                        try:
+                            on_done(fut.result())
+                        except BrokenProcessPool:
+                            failed.append(t)
+                    running = {}
+                    break
+        finally:
+            ex.shutdown(wait=True, cancel_futures=True)
+    for c, files, cfg_json, work in sorted(failed, key=lambda t: t[0]):
+        log.warning("a worker died in work unit %d: re-running its files one by one", c)
+        on_done(_isolate_chunk(c, files, cfg_json, Path(work), ctx))
+
+
+def _load_chunk(path: Path, keys: Sequence[str]) -> dict:
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in keys}
+
+
+def _merge(
+    out: Path, work: Path, n_chunks: int, cfg: PrepareConfig, files_total: int, chash: str
+) -> dict:
+    """Dedup, split, density edges, shards/text, tokenizer and manifest, from .work."""
+    for p in out.glob("*.tmp*"):
+        p.unlink()
+    # Pass 1: which files count, and the note counts of un-augmented training tracks.
+    seen: dict[str, str] = {}
+    keep: list[np.ndarray] = []
+    skipped: list[dict] = []
+    duplicates = 0
+    dup_list: list[dict] = []
+    hist = np.zeros(1, np.int64)
+    want_edges = cfg.density_bins > 1 and not cfg.density_edges
+    for c in range(n_chunks):
+        z = _load_chunk(_chunk_path(work, c), ("meta", "slot_pos", "slot_count"))
+        meta = json.loads(z["meta"].tobytes())
+        k = np.zeros(len(meta), bool)
+        for i, m in enumerate(meta):
+            h = m["hash"]
+            if h is not None and h in seen:
+                duplicates += 1
+                dup_list.append({"path": m["path"], "same_as": seen[h]})
+                continue
+            if h is not None:
+                seen[h] = m["path"]
+            if m["reason"] is not None:
+                skipped.append({"path": m["path"], "reason": m["reason"]})
+            else:
+                k[i] = True
+        keep.append(k)
+        if want_edges and len(z["slot_pos"]):
+            tok = np.array([m["tokens"] for m in meta], np.int64)
+            fstart = np.cumsum(tok) - tok
+            orig_end = fstart + np.array([m["orig_tokens"] for m in meta], np.int64)
+            train = np.array([m["split"] == "train" for m in meta], bool) & k
+            fi = np.searchsorted(fstart, z["slot_pos"], side="right") - 1
+            use = train[fi] & (z["slot_pos"] < orig_end[fi])
+            hc = np.bincount(z["slot_count"][use])
+            if len(hc) > len(hist):
+                hist = np.pad(hist, (0, len(hc) - len(hist)))
+            hist[: len(hc)] += hc
+    if cfg.density_edges:
+        edges = cfg.density_edges
+    else:
+        edges = density_edges_from_hist(hist, cfg.density_bins) if cfg.density_bins else ()
+    codec = cfg.codec(edges)
+    vocab = codec.vocab
+    edge_arr = np.asarray(edges, np.float64)
+
+    # Pass 2: fill DENSITY slots, route samples to their split, write.
+    writers: dict[str, ShardWriter] = {}
+    text: dict[str, object] = {}
+    tok_strings = np.asarray(vocab.tokens, dtype=object)
+    if cfg.format == "bin":
+        writers = {s: ShardWriter(out, s, cfg.shard_tokens) for s in SPLITS}
+    else:
+        text = {s: open(tmp_name(out / f"{s}.txt"), "w", encoding="ascii") for s in SPLITS}  # noqa: SIM115
+    counts = {s: {"samples": 0, "tokens": 0} for s in SPLITS}
+    label_hist = np.zeros(vocab.size, np.int64)
+    try:
+        for c in range(n_chunks):
+            z = _load_chunk(
+                _chunk_path(work, c), ("meta", "tokens", "lengths", "slot_pos", "slot_count")
+            )
+            meta = json.loads(z["meta"].tobytes())
+            tokens, lengths = z["tokens"], z["lengths"]
+            if cfg.density_bins and len(z["slot_pos"]):
+                b = np.searchsorted(edge_arr, z["slot_count"], side="left")
+                tokens[z["slot_pos"]] = DENSITY0 + b
+            per_file = np.array([m["samples"] for m in meta], np.int64)
+            kf = keep[c]
+            for split in SPLITS:
+                fsel = kf & np.array([m["split"] == split for m in meta], bool)
+                ssel = np.repeat(fsel, per_file)
+                if not ssel.any():
+                    continue
+                lens = lengths[ssel]
+                toks = tokens[np.repeat(ssel, lengths)]
+                label_hist += np.bincount(toks, minlength=vocab.size)[: vocab.size]
+                counts[split]["samples"] += len(lens)
+                counts[split]["tokens"] += len(toks)
+                if writers:
+                    writers[split].add(toks, lens)
+                else:
+                    parts = np.empty(2 * len(toks), dtype=object)
+                    parts[0::2] = tok_strings[toks]
+                    sep = np.full(len(toks), " ", dtype=object)
+                    sep[np.cumsum(lens) - 1] = "\n"
+                    parts[1::2] = sep
+                    text[split].write("".join(parts.tolist()))
+        for w in writers.values():
+            w.close()
+        for split, fh in text.items():
+            fh.flush()
+            os.fsync(fh.fileno())
+            fh.close()
+            os.replace(tmp_name(out / f"{split}.txt"), out / f"{split}.txt")
+    finally:
+        for fh in text.values():
+            if not fh.closed:
+                fh.close()
+
+    atomic_write_bytes(
+        out / "tokenizer.json", (json.dumps(vocab.tokenizer_json(), indent=1) + "\n").encode()
+    )
+    inst = label_hist[vocab.inst0 :]
+    order = np.argsort(-inst, kind="stable")
+    labels_seen = {vocab.labels[i]: int(inst[i]) for i in order if inst[i] > 0}
+    files_ok = sum(int(k.sum()) for k in keep)
+    cfg_json = cfg.to_json()
+    manifest = {
+        "format": "bandmate-prepared",
+        "version": 1,
+        "created_by": f"bandmate {__version__}",
+        "files_total": files_total,
+        "files_ok": files_ok,
+        "files_skipped": len(skipped),
+        "duplicates": duplicates,
+        "samples": {s: counts[s]["samples"] for s in SPLITS},
+        "tokens": {s: counts[s]["tokens"] for s in SPLITS},
+        "counts": counts,
+        "density_bins": {"bins": cfg.density_bins, "edges": list(edges)},
+        "labels_seen": labels_seen,
+        "config": cfg_json,
+        "config_hash": chash,
+        "sources": list(cfg.sources),
+        "codec": codec.to_json(),
+        "output": (
+            {"train": "train-NNNNN.bin + train.idx.npy", "val": "val-NNNNN.bin + val.idx.npy"}
+            if cfg.format == "bin"
+            else {"train": "train.txt", "val": "val.txt"}
+        ),
+        "skipped": skipped,
+        "duplicate_files": dup_list,
+    }
+    atomic_write_bytes(out / "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())
+    return manifest
+
+
+def _check_out(out: Path, chash: str, lhash: str) -> str:
+    """'done' (already finished), 'resume' or 'fresh'; refuses a folder that is not ours."""
+    work = out / WORK
+    man = out / "manifest.json"
+    if man.exists():
+        try:
+            same = json.loads(man.read_text()).get("config_hash") == chash
+        except (OSError, ValueError):
+            same = False
+        if same:
+            return "done"
+        raise PrepareError(
+            f"{out} already holds prepared data made with other arguments: "
+            "choose a new -o folder, or delete this one"
+        )
+    state = work / "state.json"
+    if state.exists():
+        s = json.loads(state.read_text())
+        if s.get("config_hash") != chash:
+            raise PrepareError(
+                f"{out} holds an interrupted run made with other arguments "
+                f"(see {state}): run again with the same arguments to finish it, "
+                "or delete the folder to start over"
+            )
+        if s.get("listing_hash") != lhash:
+            raise PrepareError(
+                f"the MIDI files changed since the interrupted run in {out} started: "
+                "delete the folder to start over"
+            )
+        return "resume"
+    others = [p for p in out.iterdir() if p.name != WORK] if out.exists() else []
+    if others:
+        raise PrepareError(f"{out} is not empty: choose a new -o folder, or empty this one")
+    return "fresh"
+
+
+def prepare(
+    cfg: PrepareConfig,
+    out: str | Path,
+    workers: int | None = None,
+    progress: bool | None = None,
+) -> dict:
+    """Run (or resume) a preparation; returns the manifest."""
+    out = Path(out)
+    workers = workers or default_workers()
+    if workers < 1:
+        raise ValueError("workers must be >= 1")
+    t0 = time.perf_counter()
+    files = select_shard(list_sources(cfg.sources), cfg.shard)
+    chash, lhash = config_hash(cfg), listing_hash(files)
+    if out.exists() and not out.is_dir():
+        raise PrepareError(f"{out} is a file: -o needs a folder")
+    state = _check_out(out, chash, lhash)
+    if state == "done":
+        shutil.rmtree(out / WORK, ignore_errors=True)
+        log.info("%s already holds this preparation (same arguments): nothing to do", out)
+        return json.loads((out / "manifest.json").read_text())
+    work = out / WORK
+    work.mkdir(parents=True, exist_ok=True)
+    chunk = cfg.chunk_files or auto_chunk_files(len(files))
+    n_chunks = -(-len(files) // chunk)
+    if state == "fresh":
+        atomic_write_bytes(
+            work / "state.json",
+            json.dumps(
+                {
+                    "config_hash": chash,
+                    "listing_hash": lhash,
+                    "chunks": n_chunks,
+                    "config": cfg.to_json(),
+                },
+                indent=1,
+            ).encode(),
+        )
+    for p in work.glob("*.tmp*"):
+        p.unlink()
+    cfg_json = cfg.to_json()
+    tasks = []
+    done_files = 0
+    for c in range(n_chunks):
+        part = files[c * chunk : (c + 1) * chunk]
+        if _chunk_path(work, c).exists():
+            done_files += len(part)
+        else:
+            tasks.append((c, part, cfg_json, str(work)))
+    log.info(
+        "prepare: %d files in %d work units (%d done before), %d workers -> %s",
+        len(files),
+        n_chunks,
+        n_chunks - len(tasks),
+        workers,
+        out,
+    )
+    prog = Progress(files=done_files)
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = None
+    if show:
+        from tqdm import tqdm
+
+        tqdm.monitor_interval = 0  # no monitor thread: workers are forked
+        bar = tqdm(total=len(files), initial=done_files, unit="file", desc="prepare")
+
+    def on_done(d: dict) -> None:
+        prog.add(d)
+        if bar is not None:
+            bar.update(d["files"])
+            bar.set_postfix(
+                samples=prog.samples, tokens=prog.tokens, skipped=prog.skipped, refresh=False
+            )
+
+    try:
+        _run_chunks(tasks, workers, on_done)
+    finally:
+        if bar is not None:
+            bar.close()
+    manifest = _merge(out, work, n_chunks, cfg, len(files), chash)
+    shutil.rmtree(work, ignore_errors=True)
+    log.info(
+        "prepared %d files (%d ok, %d skipped, %d duplicates): train %d samples / %d tokens, "
+        "val %d samples / %d tokens in %.1f s",
+        manifest["files_total"],
+        manifest["files_ok"],
+        manifest["files_skipped"],
+        manifest["duplicates"],
+        manifest["samples"]["train"],
+        manifest["tokens"]["train"],
+        manifest["samples"]["val"],
+        manifest["tokens"]["val"],
+        time.perf_counter() - t0,
+    )
+    return manifest
+
+
+def default_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)

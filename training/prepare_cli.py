@@ -1,0 +1,137 @@
+"""Turn MIDI folders into mmmtrack token shards for training (resumable, all cores).
+
+Example: bandmate prepare ../shared/data/jsfakes -o data/ --voices SOPRANO,ALTO,TENOR,BASS
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from bandmate.models.config import BAR_CHOICES, METERS
+
+log = logging.getLogger("bandmate.prepare")
+
+
+def _pair(text: str, sep: str, what: str) -> tuple[int, int]:
+    try:
+        a, b = text.split(sep)
+        return int(a), int(b)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{what}: expected two integers as A{sep}B, got {text!r}"
+        ) from None
+
+
+def _transpose(text: str) -> tuple[int, int]:
+    return _pair(text, ":", "--transpose")
+
+
+def _shard(text: str) -> tuple[int, int]:
+    return _pair(text, "/", "--shard")
+
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(w.strip() for w in text.split(",") if w.strip())
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(w) for w in text.split(",") if w.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--density-edges: numbers separated by commas: {text!r}"
+        ) from None
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("sources", nargs="+", metavar="SRC", help="MIDI files or folders")
+    parser.add_argument("-o", "--out", required=True, help="output folder (created)")
+    parser.add_argument("--bars", type=int, choices=BAR_CHOICES, default=4, help="bars per sample")
+    parser.add_argument(
+        "--hop", type=int, default=0, help="bars between window starts (0 = --bars: no overlap)"
+    )
+    parser.add_argument(
+        "--transpose",
+        type=_transpose,
+        default=(-5, 6),
+        metavar="LO:HI",
+        help="train-only transposition augmentation in semitones (0:0 = none)",
+    )
+    parser.add_argument(
+        "--val-fraction", type=float, default=0.05, help="share of files held out (by content)"
+    )
+    parser.add_argument(
+        "--density-bins", type=int, default=4, help="DENSITY buckets per track (0 = none)"
+    )
+    parser.add_argument(
+        "--density-edges",
+        type=_floats,
+        default=(),
+        metavar="E1,E2,..",
+        help="fixed bucket edges (density-bins - 1 values) instead of training quantiles; "
+        "give every --shard part the same edges",
+    )
+    parser.add_argument(
+        "--voices",
+        type=_words,
+        default=(),
+        metavar="L1,L2,..",
+        help="label tracks by order (the chorales: SOPRANO,ALTO,TENOR,BASS)",
+    )
+    parser.add_argument(
+        "--meter",
+        choices=METERS,
+        default="strict",
+        help="strict: only bars in 4/4; assume-4/4: ignore time signatures",
+    )
+    parser.add_argument("--workers", type=int, default=0, help="worker processes (0 = every core)")
+    parser.add_argument(
+        "--shard", type=_shard, default=(0, 1), metavar="I/N", help="take part I of N (0-based)"
+    )
+    parser.add_argument(
+        "--format", choices=("bin", "text"), default="bin", help="uint16 shards or text lines"
+    )
+    parser.add_argument(
+        "--chunk-files", type=int, default=0, help="files per work unit (0 = automatic)"
+    )
+    parser.add_argument(
+        "--progress",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="progress bar (auto: only on a terminal)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from bandmate.training.prepare import PrepareConfig, PrepareError, prepare
+
+    try:
+        cfg = PrepareConfig(
+            sources=tuple(args.sources),
+            bars=args.bars,
+            hop=args.hop,
+            transpose=args.transpose,
+            val_fraction=args.val_fraction,
+            density_bins=args.density_bins,
+            density_edges=args.density_edges,
+            voices=args.voices,
+            meter=args.meter,
+            shard=args.shard,
+            format=args.format,
+            chunk_files=args.chunk_files,
+        )
+    except ValueError as e:
+        print(f"bandmate prepare: {e}", file=sys.stderr)
+        return 2
+    if args.workers < 0:
+        print("bandmate prepare: --workers must be >= 0 (0 = every core)", file=sys.stderr)
+        return 2
+    progress = {"auto": None, "on": True, "off": False}[args.progress]
+    try:
+        prepare(cfg, args.out, workers=args.workers or None, progress=progress)
+    except PrepareError as e:
+        print(f"bandmate prepare: {e}", file=sys.stderr)
+        return 2
+    return 0
