@@ -49,6 +49,7 @@ class BridgeConfig:
     late_policy: str = "drop"
     late_ms: float = 40.0
     out_latency_ms: float = 0.0
+    realtime: bool = field(default=True, metadata={"help": "real-time priority for output"})
     velocity: int | None = field(default=None, metadata={"help": "None: the prompt's velocity"})
     thru: bool = field(default=False, metadata={"help": "echo input notes to the output"})
     channel_labels: dict[int, str] = field(default_factory=dict)
@@ -73,7 +74,7 @@ class BridgeConfig:
         CaptureConfig(self.ring_bars, self.channel_labels)
 
     def scheduler_config(self) -> SchedulerConfig:
-        return SchedulerConfig(self.late_policy, self.late_ms, self.out_latency_ms)
+        return SchedulerConfig(self.late_policy, self.late_ms, self.out_latency_ms, self.realtime)
 
     def to_json(self) -> dict:
         d = asdict(self)

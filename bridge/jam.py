@@ -374,8 +374,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: the generation engine is not available ({e}); reinstall bandmate",
               file=sys.stderr)
         return 2
-    except (OSError, ValueError) as e:
-        print(f"error: cannot load the model: {e}", file=sys.stderr)
+    except (OSError, ValueError, RuntimeError) as e:
+        print(f"error: cannot load the model: {e} (pass --model DIR with a folder written by "
+              "'bandmate export')", file=sys.stderr)
         return 2
     cfg = gen.session.config
     voices = voice_labels(cfg.labels, gen.labels)

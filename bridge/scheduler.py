@@ -21,6 +21,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -44,6 +45,10 @@ class SchedulerConfig:
     late_ms: float = field(default=40.0, metadata={"help": "a note-on later than this is late"})
     out_latency_ms: float = field(
         default=0.0, metadata={"help": "send this much early to make up for output latency"}
+    )
+    realtime: bool = field(
+        default=True,
+        metadata={"help": "try real-time priority (SCHED_FIFO 5) for the output thread"},
     )
 
     def __post_init__(self) -> None:
@@ -194,6 +199,14 @@ class Scheduler:
         self.stop_output("close")
 
     def _run(self) -> None:
+        if self.config.realtime and hasattr(os, "sched_setscheduler"):
+            # Below JACK's own threads (10+). Without the rtprio right this fails: fine,
+            # the thread then runs at normal priority.
+            try:
+                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(5))
+                log.debug("scheduler thread: real-time priority")
+            except OSError as e:
+                log.debug("scheduler thread: no real-time priority (%s)", e)
         try:
             self._loop()
         except BaseException:
