@@ -1,0 +1,772 @@
+"""Generation tasks over a Piece: continue, add a track, infill; streaming and batched.
+
+How a continuation is laid out (docs/generation.md has the measurements): the model was
+trained on samples of ``W = config.bars`` bars, tracks one after another. New bars are
+written one bar at a time with a sliding window: to write bar ``b``, the context is the
+``W - 1`` bars before it for every track, each track followed by its new bar, so
+
+    PIECE_START  [T0 header, bars b-3..b-1, NEW bar b]  [T1 header, bars b-3..b-1, NEW bar b] ...
+
+Every new bar of a track therefore sees three bars of all tracks and the new bar of the
+tracks before it; tracks condition on each other inside the bar, and the bar is complete
+(`BarDone`) as soon as the last track's new bar is closed, so the bridge can play bar 1 while
+bar 2 is written. Each window is a fresh sequence: its prompt is pre-filled in one call and
+the known bars after the first sampled bar are fed as one chunk with the next token.
+
+An added track is the last track of each window (its earlier bars forced from what it wrote
+so far); infill (models trained with fills only) marks the bars FILL_IN and writes them after
+the tracks.
+
+Batch rows: `generate_batch` runs several variations at once, one KV cache row each; every
+row has its own grammar state and random generator seeded from (seed, row).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+from bandmate.models.codec import density_bucket, piece_bars
+from bandmate.models.grammar import BarGrammar, pitch_mask
+from bandmate.models.sampler import SamplingConfig, row_rng, sample
+from bandmate.models.session import ModelSession
+from bandmate.models.types import DRUM_CHANNEL, STEPS_PER_BAR, Note, Piece, Track
+from bandmate.models.vocab import (
+    BAR_END,
+    BAR_START,
+    DENSITY0,
+    FILL_END,
+    FILL_IN,
+    FILL_START,
+    PIECE_START,
+    TRACK_END,
+    TRACK_START,
+)
+
+log = logging.getLogger(__name__)
+S = STEPS_PER_BAR
+
+#: Tokens reserved per bar to be written when checking that a request fits the context.
+MIN_ROOM_PER_BAR = 24
+
+
+class GenerationError(ValueError):
+    """A request this model cannot serve (the message says what to change)."""
+
+
+# ------------------------------------------------------------------------------ events
+
+
+@dataclass(frozen=True)
+class NoteEvent:
+    """A note as soon as it is closed: ``track`` indexes the result piece, times in steps
+    from the piece start."""
+
+    track: int
+    note: Note
+
+
+@dataclass(frozen=True)
+class BarDone:
+    """Every generated track has closed bar ``bar`` (counted from the piece start)."""
+
+    bar: int
+
+
+@dataclass(frozen=True)
+class Done:
+    """The finished result and what it cost (tokens, calls, seconds, cuts)."""
+
+    piece: Piece
+    stats: dict = field(default_factory=dict, compare=False)
+
+
+# ------------------------------------------------------------------------------ plans
+
+
+@dataclass(frozen=True)
+class _Force:
+    ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class _Choose:
+    """Sample one of ``ids`` (e.g. the DENSITY of a new track) and remember it as ``key``."""
+
+    ids: tuple[int, ...]
+    key: str
+
+
+@dataclass(frozen=True)
+class _Bar:
+    track: int
+    bar: int
+    start: int = BAR_START
+    end: int = BAR_END
+
+
+@dataclass(frozen=True)
+class _Emit:
+    event: object
+
+
+_Action = _Force | _Choose | _Bar | _Emit
+
+
+def _cost(a: _Action) -> int:
+    """Fewest tokens an action can take (for the context guard)."""
+    if isinstance(a, _Force):
+        return len(a.ids)
+    if isinstance(a, _Bar):
+        return 2
+    if isinstance(a, _Choose):
+        return 1
+    return 0
+
+
+@dataclass
+class _Row:
+    """One sequence being written: its plan for the current window and its results."""
+
+    index: int
+    rng: np.random.Generator
+    grammar: BarGrammar
+    notes: dict[int, list[Note]]
+    choices: dict[str, int] = field(default_factory=dict)
+    plan: list[_Action] = field(default_factory=list)
+    suffix: list[int] = field(default_factory=list)
+    ip: int = 0
+    pending: list[int] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    windows: list[list[int]] = field(default_factory=list)
+    sampled: int = 0
+
+    def start(self, plan: list[_Action]) -> None:
+        self.plan = plan
+        costs = [_cost(a) for a in plan]
+        self.suffix = [*(int(x) for x in np.cumsum(costs[::-1])[::-1][1:]), 0]
+        self.ip = 0
+        self.pending = []
+        self.tokens = []
+
+    @property
+    def action(self) -> _Action | None:
+        return self.plan[self.ip] if self.ip < len(self.plan) else None
+
+
+class _Job:
+    """What a task asks for: the result skeleton and a plan builder per window and row."""
+
+    def __init__(self, session: ModelSession, result: Piece, sampling: SamplingConfig) -> None:
+        self.session = session
+        self.result = result  # prompt tracks plus any new track, at the final bar count
+        self.sampling = sampling
+        self.windows: list[object] = []
+        self.cuts: list[str] = []
+
+    def plan(self, row: _Row, window: object) -> list[_Action]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def row_piece(self, row: _Row) -> Piece:
+        """The result piece as far as ``row`` has written it (prompt notes + its notes)."""
+        tracks = []
+        for i, t in enumerate(self.result.tracks):
+            extra = row.notes.get(i)
+            tracks.append(t.with_notes(list(t.notes) + extra) if extra else t)
+        return replace(self.result, tracks=tuple(tracks))
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def _header(session: ModelSession, label: str, density: int | None) -> list[int]:
+    h = [TRACK_START, session.vocab.inst_id(label)]
+    if density is not None and session.config.density_bins:
+        h.append(DENSITY0 + density)
+    return h
+
+
+def _density_of(session: ModelSession, count: int, bars: int) -> int | None:
+    """DENSITY bucket of a track playing ``count`` notes in ``bars`` bars, scaled to the
+    model's window (the bucket edges count notes per sample)."""
+    cfg = session.config
+    if not cfg.density_bins:
+        return None
+    if not cfg.density_edges:
+        return cfg.density_bins // 2
+    scaled = count * cfg.bars / max(bars, 1)
+    return min(density_bucket(round(scaled), cfg.density_edges), cfg.density_bins - 1)
+
+
+def _bar_runs(piece: Piece, start_bar: int, n_bars: int) -> list[list[int]]:
+    """Per track, the tokens of bars ``start_bar .. start_bar + n_bars - 1``."""
+    if n_bars <= 0:
+        return [[] for _ in piece.tracks]
+    tb = piece_bars(piece, start_bar, n_bars)
+    return [tb.window(i, 0, n_bars).tolist() for i in range(len(piece.tracks))]
+
+
+def _nonempty(run: list[int], n_bars: int) -> bool:
+    """Whether a run of ``n_bars`` bar tokens holds any event (empty bars are 2 tokens)."""
+    return len(run) > 2 * n_bars
+
+
+def _free_channel(prompt: Piece, label: str) -> int:
+    if label == "DRUMS":
+        return DRUM_CHANNEL
+    used = {t.channel for t in prompt.tracks}
+    return next((c for c in range(16) if c != DRUM_CHANNEL and c not in used), 0)
+
+
+def _window_tokens(plan: Sequence[_Action]) -> int:
+    return sum(_cost(a) for a in plan)
+
+
+def _pitch_filter(session: ModelSession, sampling: SamplingConfig, label: str) -> np.ndarray | None:
+    if sampling.pitch_range is None and sampling.scale is None:
+        return None
+    if label == "DRUMS":  # drum "pitches" are instruments: a key or range means nothing there
+        return None
+    return pitch_mask(sampling.pitch_range, sampling.scale)
+
+
+# ------------------------------------------------------------------------------ continue
+
+
+class _ContinueJob(_Job):
+    def __init__(
+        self,
+        session: ModelSession,
+        prompt: Piece,
+        bars: int,
+        tracks: Sequence[int] | None,
+        sampling: SamplingConfig,
+    ) -> None:
+        if bars < 1:
+            raise GenerationError(f"bars to continue must be >= 1, got {bars}")
+        if not prompt.tracks:
+            raise GenerationError("the prompt has no tracks: open a MIDI file with notes first")
+        chosen = list(range(len(prompt.tracks))) if tracks is None else sorted(set(tracks))
+        bad = [i for i in chosen if not 0 <= i < len(prompt.tracks)]
+        if bad or not chosen:
+            raise GenerationError(
+                f"tracks must be indices 0..{len(prompt.tracks) - 1} of the prompt, got {tracks}"
+            )
+        super().__init__(session, replace(prompt, bars=prompt.bars + bars), sampling)
+        self.prompt = prompt
+        self.chosen = chosen
+        w = session.bars
+        known = min(w - 1, prompt.bars)
+        self.known = known
+        self.context_tracks = list(range(len(prompt.tracks)))
+        # Fixed DENSITY per track: its note count over the prompt's last W bars.
+        self.density: dict[int, int | None] = {}
+        lo = max(0, prompt.bars - w) * S
+        for i, t in enumerate(prompt.tracks):
+            n = sum(1 for x in t.notes if x.start >= lo)
+            self.density[i] = _density_of(session, n, min(w, prompt.bars) or 1)
+        self.windows = list(range(prompt.bars, prompt.bars + bars))
+        self._fit()
+
+    def _fit(self) -> None:
+        """Cut context tracks, then the oldest known bars, until a window fits."""
+        n_pos = self.session.n_positions
+        room = len(self.chosen) * (MIN_ROOM_PER_BAR + 2)
+        def size() -> int:
+            # Generated bars are estimated by the prompt's last bars (same tracks, same style).
+            runs = _bar_runs(self.prompt, self.prompt.bars - self.known, self.known)
+            n = 1
+            for i in self.context_tracks:
+                chosen = i in self.chosen
+                if chosen or _nonempty(runs[i], self.known):
+                    n += 4 + len(runs[i]) + (0 if chosen else 2)
+            return n
+
+        # The prompt is what history can hold; generated bars are estimated like the prompt's.
+        while size() + room > n_pos:
+            extra = [i for i in self.context_tracks if i not in self.chosen]
+            if extra:
+                drop = extra[-1]
+                self.context_tracks.remove(drop)
+                self.cuts.append(f"context track {drop} ({self.prompt.tracks[drop].inst}) left out")
+            elif self.known > 0:
+                self.known -= 1
+                self.cuts.append(f"context cut to {self.known} bar(s) before each new bar")
+            else:
+                raise GenerationError(
+                    f"continuing {len(self.chosen)} track(s) does not fit this model's context of "
+                    f"{n_pos} tokens even without history: continue fewer tracks at once"
+                )
+        if self.cuts:
+            log.info("prompt cut to fit %d tokens: %s", n_pos, "; ".join(self.cuts))
+
+    def plan(self, row: _Row, window: object) -> list[_Action]:
+        b = int(window)  # type: ignore[call-overload]
+        known = min(self.known, b)
+        piece = self.row_piece(row)
+        runs = _bar_runs(piece, b - known, known)
+        plan: list[_Action] = [_Force((PIECE_START,))]
+        for i in self.context_tracks:
+            t = piece.tracks[i]
+            chosen = i in self.chosen
+            if not chosen and not _nonempty(runs[i], known):  # silent in the window: left out
+                continue
+            plan.append(_Force(tuple(_header(self.session, t.inst, self.density[i]) + runs[i])))
+            plan.append(_Bar(i, b) if chosen else _Force((BAR_START, BAR_END)))
+            plan.append(_Force((TRACK_END,)))
+        plan.append(_Emit(BarDone(b)))
+        return plan
+
+
+# ------------------------------------------------------------------------------ add track
+
+
+def resolve_label(session: ModelSession, instrument: str) -> str:
+    """An INST label from what a user typed: a label, "bass", or a GM program number."""
+    text = str(instrument).strip()
+    labels = session.vocab.labels
+    if text.upper() in labels:
+        return text.upper()
+    if text.lower() == "bass":
+        return session.bass_label
+    if text.lower() in ("drums", "drum", "percussion"):
+        return "DRUMS"
+    seen = ", ".join(session.labels_seen) or ", ".join(labels[:6])
+    raise GenerationError(
+        f"unknown instrument {instrument!r}: use one of this model's labels ({seen}), 'bass', "
+        "'drums' or a General MIDI program number 0-127"
+    )
+
+
+class _AddJob(_Job):
+    def __init__(
+        self,
+        session: ModelSession,
+        prompt: Piece,
+        instrument: str,
+        density: int | None,
+        sampling: SamplingConfig,
+    ) -> None:
+        if prompt.bars < 1:
+            raise GenerationError("the prompt has no bars: a new track needs bars to play over")
+        label = resolve_label(session, instrument)
+        bins = session.config.density_bins
+        if density is not None and bins and not 0 <= density < bins:
+            raise GenerationError(f"density must be 0..{bins - 1} for this model, got {density}")
+        new = Track(
+            label,
+            (),
+            program=int(label) if label.isdigit() else 0,
+            channel=_free_channel(prompt, label),
+            name=label.title() if not label.isdigit() else "",
+        )
+        super().__init__(session, replace(prompt, tracks=(*prompt.tracks, new)), sampling)
+        self.prompt = prompt
+        self.label = label
+        self.new_index = len(prompt.tracks)
+        self.density = density if bins else None
+        self.context_tracks = list(range(len(prompt.tracks)))
+        self.window = min(session.bars, prompt.bars)
+        self.allowed = _pitch_filter(session, sampling, label)
+        self._fit()
+        # Window 0 writes bars 0..w-1; each later window writes one more bar.
+        w = self.window
+        self.windows = [(0, w)] + [(b - w + 1, b + 1) for b in range(w, prompt.bars)]
+
+    def _fit(self) -> None:
+        n_pos = self.session.n_positions
+        while True:
+            worst = 0
+            for b0 in range(0, max(1, self.prompt.bars - self.window + 1)):
+                runs = _bar_runs(self.prompt, b0, self.window)
+                n = 1 + sum(
+                    4 + len(runs[i]) for i in self.context_tracks if _nonempty(runs[i], self.window)
+                )
+                worst = max(worst, n)
+            need = worst + 4 + self.window * (MIN_ROOM_PER_BAR + 2)
+            if need <= n_pos:
+                break
+            if len(self.context_tracks) > 1:
+                drop = self.context_tracks.pop()
+                self.cuts.append(f"context track {drop} ({self.prompt.tracks[drop].inst}) left out")
+            elif self.window > 1:
+                self.window -= 1
+                self.cuts.append(f"window cut to {self.window} bar(s)")
+            else:
+                raise GenerationError(
+                    f"the prompt does not fit this model's context of {n_pos} tokens even cut to "
+                    "one track and one bar: use a shorter or simpler prompt"
+                )
+        if self.cuts:
+            log.info("prompt cut to fit %d tokens: %s", n_pos, "; ".join(self.cuts))
+
+    def plan(self, row: _Row, window: object) -> list[_Action]:
+        b0, b1 = window  # type: ignore[misc]
+        piece = self.row_piece(row)
+        n = b1 - b0
+        tb = piece_bars(piece, b0, n)
+        plan: list[_Action] = [_Force((PIECE_START,))]
+        for i in self.context_tracks:
+            count = int(tb.onsets[i].sum())
+            if count:
+                t = piece.tracks[i]
+                dens = _density_of(self.session, count, n)
+                toks = _header(self.session, t.inst, dens) + tb.window(i, 0, n).tolist()
+                plan.append(_Force((*toks, TRACK_END)))
+        head = [TRACK_START, self.session.vocab.inst_id(self.label)]
+        bins = self.session.config.density_bins
+        first = b0 == 0
+        new_from = b0 if first else b1 - 1  # bars before this one were written by earlier windows
+        if bins and self.density is None and "density" not in row.choices:
+            plan.append(_Force(tuple(head)))
+            plan.append(_Choose(tuple(range(DENSITY0, DENSITY0 + bins)), "density"))
+            head = []
+        elif bins:
+            d = self.density if self.density is not None else row.choices["density"] - DENSITY0
+            head.append(DENSITY0 + d)
+        known = tb.window(self.new_index, 0, new_from - b0).tolist()
+        plan.append(_Force(tuple(head + known)))
+        for b in range(new_from, b1):
+            plan.append(_Bar(self.new_index, b))
+            plan.append(_Emit(BarDone(b)))
+        plan.append(_Force((TRACK_END,)))
+        return plan
+
+
+# ------------------------------------------------------------------------------ infill
+
+
+class _InfillJob(_Job):
+    def __init__(
+        self,
+        session: ModelSession,
+        prompt: Piece,
+        track: int,
+        bars: Sequence[int],
+        sampling: SamplingConfig,
+    ) -> None:
+        if not session.fills:
+            raise GenerationError(
+                f"model {session.name} was trained without fills (FILL_IN / FILL_START), so it "
+                "cannot infill bars: use Continue or Add track, or a model exported with fills"
+            )
+        if not 0 <= track < len(prompt.tracks):
+            raise GenerationError(f"track must be 0..{len(prompt.tracks) - 1}, got {track}")
+        fill = sorted(set(int(b) for b in bars))
+        w = session.bars
+        if not fill or fill[0] < 0 or fill[-1] >= prompt.bars:
+            raise GenerationError(f"bars to infill must be in 0..{prompt.bars - 1}, got {bars}")
+        if fill[-1] - fill[0] >= w:
+            raise GenerationError(
+                f"infill at most {w} neighbouring bars at a time (the model's window)"
+            )
+        t = prompt.tracks[track]
+        kept = []
+        for x in t.notes:  # notes in the fill bars go; notes running into them are cut there
+            if x.start // S in fill:
+                continue
+            cut = next((b * S for b in fill if x.start < b * S < x.end), None)
+            kept.append(x if cut is None else Note(x.start, x.pitch, cut))
+        tracks = list(prompt.tracks)
+        tracks[track] = t.with_notes(kept)
+        super().__init__(session, replace(prompt, tracks=tuple(tracks)), sampling)
+        self.track = track
+        self.fill = fill
+        start = min(max(0, fill[0] - (w - (fill[-1] - fill[0] + 1)) // 2), max(0, prompt.bars - w))
+        self.windows = [(start, min(prompt.bars, start + w))]
+
+    def plan(self, row: _Row, window: object) -> list[_Action]:
+        b0, b1 = window  # type: ignore[misc]
+        n = b1 - b0
+        piece = self.row_piece(row)
+        tb = piece_bars(piece, b0, n)
+        plan: list[_Action] = [_Force((PIECE_START,))]
+        for i, t in enumerate(piece.tracks):
+            if i != self.track and int(tb.onsets[i].sum()) == 0:
+                continue
+            count = int(tb.onsets[i].sum())
+            toks = _header(self.session, t.inst, _density_of(self.session, count, n))
+            for b in range(n):
+                if i == self.track and b0 + b in self.fill:
+                    toks += [BAR_START, FILL_IN, BAR_END]
+                else:
+                    toks += tb.window(i, b, 1).tolist()
+            plan.append(_Force((*toks, TRACK_END)))
+        for b in self.fill:
+            plan.append(_Bar(self.track, b, FILL_START, FILL_END))
+            plan.append(_Emit(BarDone(b)))
+        return plan
+
+
+# ------------------------------------------------------------------------------ the loop
+
+
+def _advance(job: _Job, row: _Row, out: list[tuple[int, object]]) -> None:
+    """Move ``row`` through forced actions up to its next sampling action (or the end)."""
+    while True:
+        a = row.action
+        if a is None or isinstance(a, _Choose):
+            return
+        if isinstance(a, _Force):
+            row.pending.extend(a.ids)
+        elif isinstance(a, _Emit):
+            out.append((row.index, a.event))
+        elif isinstance(a, _Bar):
+            row.pending.append(a.start)
+            g = row.grammar
+            label = job.result.tracks[a.track].inst
+            allowed = _pitch_filter(job.session, job.sampling, label)
+            g.reset()
+            g.end_token = a.end
+            g._on_ok = np.ones(128, bool) if allowed is None else allowed
+            _auto(job, row, a, out)
+            if not g.done:
+                return
+        row.ip += 1
+
+
+def _auto(job: _Job, row: _Row, a: _Bar, out: list[tuple[int, object]]) -> None:
+    """Feed tokens the grammar leaves no choice about (closing NOTE_OFFs at step 16...)."""
+    g = row.grammar
+    while not g.done:
+        idx = np.flatnonzero(g.mask())
+        if len(idx) != 1:
+            return
+        _take(row, a, int(idx[0]), out)
+
+
+def _take(row: _Row, a: _Bar, tok: int, out: list[tuple[int, object]]) -> None:
+    closed = row.grammar.advance(tok)
+    row.pending.append(tok)
+    if closed is not None:
+        p, s, e = closed
+        note = Note(a.bar * S + s, p, a.bar * S + e)
+        row.notes.setdefault(a.track, []).append(note)
+        out.append((row.index, NoteEvent(a.track, note)))
+
+
+def _run(
+    job: _Job,
+    rows: int,
+    sampling: SamplingConfig,
+    cancel: threading.Event | None,
+) -> Iterator[tuple[int, object]]:
+    """Drive every window of ``job`` over ``rows`` batch rows; yields (row, event)."""
+    s = job.session
+    t0 = time.perf_counter()
+    rs = [
+        _Row(
+            r,
+            row_rng(sampling.seed, r),
+            BarGrammar(s.vocab.size, max_tokens=sampling.max_bar_tokens),
+            {},
+        )
+        for r in range(rows)
+    ]
+    calls = 0
+    first_note_s: float | None = None
+    for window in job.windows:
+        for row in rs:
+            row.start(job.plan(row, window))
+            row.grammar.reset()
+            row.grammar.n_tokens = 0
+        out: list[tuple[int, object]] = []
+        for row in rs:
+            _advance(job, row, out)
+        yield from out
+        cache = s.new_cache(rows, capacity=3 * s.n_positions)
+        while any(r.action is not None for r in rs):
+            if cancel is not None and cancel.is_set():
+                log.info("generation cancelled")
+                return
+            chunks = [r.pending if r.action is not None else [] for r in rs]
+            logits = cache.feed(chunks)
+            calls += 1
+            out = []
+            for r in rs:
+                if r.action is None:
+                    continue
+                r.tokens.extend(r.pending)
+                r.pending = []
+                a = r.action
+                lg = logits[r.index]
+                if isinstance(a, _Choose):
+                    m = np.zeros(s.vocab.size, bool)
+                    m[list(a.ids)] = True
+                    tok = sample(lg, m, sampling, r.rng)
+                    r.choices[a.key] = tok
+                    r.pending.append(tok)
+                    r.sampled += 1
+                    r.ip += 1
+                    _advance(job, r, out)
+                    continue
+                assert isinstance(a, _Bar)
+                g = r.grammar
+                left = s.n_positions - int(cache.pos[r.index]) - r.suffix[r.ip]
+                g.closing = left <= int(g.sounding.sum()) + 4
+                tok = sample(lg, g.mask(), sampling, r.rng)
+                r.sampled += 1
+                _take(r, a, tok, out)
+                _auto(job, r, a, out)
+                if g.done:
+                    r.ip += 1
+                    _advance(job, r, out)
+            if first_note_s is None and any(isinstance(e, NoteEvent) for _, e in out):
+                first_note_s = time.perf_counter() - t0
+            yield from out
+        for r in rs:
+            r.tokens.extend(r.pending)
+            r.pending = []
+            r.windows.append(r.tokens)
+    seconds = time.perf_counter() - t0
+    sampled = sum(r.sampled for r in rs)
+    for r in rs:
+        piece = job.row_piece(r)
+        stats = {
+            "row": r.index,
+            "sampled_tokens": r.sampled,
+            "model_calls": calls,
+            "windows": len(job.windows),
+            "seconds": seconds,
+            "ms_per_token": 1000 * seconds / max(sampled, 1),
+            "first_note_s": first_note_s,
+            "cut": list(job.cuts),
+            "provider": s.provider,
+            "model": s.name,
+            "tokens": [list(map(int, w)) for w in r.windows],
+        }
+        yield r.index, Done(piece, stats)
+
+
+def _stream(job: _Job, sampling: SamplingConfig, cancel: threading.Event | None) -> Iterator:
+    for _, ev in _run(job, 1, sampling, cancel):
+        yield ev
+
+
+# ------------------------------------------------------------------------------ public API
+
+
+def stream_continue(
+    session: ModelSession,
+    piece: Piece,
+    bars: int,
+    tracks: Sequence[int] | None = None,
+    sampling: SamplingConfig | None = None,
+    cancel: threading.Event | None = None,
+) -> Iterator[NoteEvent | BarDone | Done]:
+    """Extend all (or the chosen) tracks of ``piece`` by ``bars`` bars, note by note.
+
+    Yields NoteEvent as each note closes, BarDone per finished bar, then one Done with the
+    whole result (the prompt's bars plus the new ones). When ``cancel`` is set the stream ends
+    before the next model call, without Done.
+    """
+    job = _ContinueJob(session, piece, bars, tracks, sampling or SamplingConfig())
+    return _stream(job, job.sampling, cancel)
+
+
+def stream_add_track(
+    session: ModelSession,
+    piece: Piece,
+    instrument: str,
+    density: int | None = None,
+    sampling: SamplingConfig | None = None,
+    cancel: threading.Event | None = None,
+) -> Iterator[NoteEvent | BarDone | Done]:
+    """Write a new part (appended as the last track) over the piece's bars, note by note.
+
+    ``instrument`` is an INST label ("BASS", "33", "DRUMS") or "bass" (the model's bass);
+    ``density`` (0..bins-1) asks for a sparser or busier part; None lets the model choose.
+    """
+    job = _AddJob(session, piece, instrument, density, sampling or SamplingConfig())
+    return _stream(job, job.sampling, cancel)
+
+
+def stream_infill(
+    session: ModelSession,
+    piece: Piece,
+    track: int,
+    bars: Sequence[int],
+    sampling: SamplingConfig | None = None,
+    cancel: threading.Event | None = None,
+) -> Iterator[NoteEvent | BarDone | Done]:
+    """Rewrite ``bars`` of one track given everything around them (models with fills)."""
+    job = _InfillJob(session, piece, track, bars, sampling or SamplingConfig())
+    return _stream(job, job.sampling, cancel)
+
+
+def _last(events: Iterator) -> Piece:
+    done = None
+    for ev in events:
+        if isinstance(ev, Done):
+            done = ev
+    if done is None:
+        raise GenerationError("generation was cancelled")
+    return done.piece
+
+
+def continue_piece(
+    session: ModelSession,
+    piece: Piece,
+    bars: int,
+    tracks: Sequence[int] | None = None,
+    sampling: SamplingConfig | None = None,
+    cancel: threading.Event | None = None,
+) -> Piece:
+    """`stream_continue` to the end: the prompt plus ``bars`` new bars."""
+    return _last(stream_continue(session, piece, bars, tracks, sampling, cancel))
+
+
+def add_track(
+    session: ModelSession,
+    piece: Piece,
+    instrument: str,
+    density: int | None = None,
+    sampling: SamplingConfig | None = None,
+    cancel: threading.Event | None = None,
+) -> Piece:
+    """`stream_add_track` to the end: the prompt plus one new track."""
+    return _last(stream_add_track(session, piece, instrument, density, sampling, cancel))
+
+
+def infill(
+    session: ModelSession,
+    piece: Piece,
+    track: int,
+    bars: Sequence[int],
+    sampling: SamplingConfig | None = None,
+    cancel: threading.Event | None = None,
+) -> Piece:
+    """`stream_infill` to the end: the piece with those bars of ``track`` rewritten."""
+    return _last(stream_infill(session, piece, track, bars, sampling, cancel))
+
+
+def generate_batch(
+    session: ModelSession,
+    task: str,
+    piece: Piece,
+    rows: int,
+    sampling: SamplingConfig | None = None,
+    cancel: threading.Event | None = None,
+    **kw: object,
+) -> list[Done]:
+    """``rows`` variations of one task at once (one KV-cache row each): task is
+    "continue" (bars=, tracks=), "add" (instrument=, density=) or "infill" (track=, bars=)."""
+    sampling = sampling or SamplingConfig()
+    if rows < 1:
+        raise GenerationError(f"rows must be >= 1, got {rows}")
+    if task == "continue":
+        job: _Job = _ContinueJob(session, piece, int(kw["bars"]), kw.get("tracks"), sampling)  # type: ignore[arg-type]
+    elif task == "add":
+        job = _AddJob(session, piece, str(kw["instrument"]), kw.get("density"), sampling)  # type: ignore[arg-type]
+    elif task == "infill":
+        job = _InfillJob(session, piece, int(kw["track"]), kw["bars"], sampling)  # type: ignore[arg-type]
+    else:
+        raise GenerationError(f"task must be continue, add or infill, got {task!r}")
+    results = [ev for _, ev in _run(job, rows, sampling, cancel) if isinstance(ev, Done)]
+    if len(results) != rows:
+        raise GenerationError("generation was cancelled")
+    return results
