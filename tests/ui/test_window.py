@@ -103,7 +103,8 @@ def test_variations_and_cancel(qtbot, window):
     with qtbot.waitSignal(w.job_finished, timeout=120_000) as blocker:
         assert w.generate("continue")
         assert not w.continue_btn.isEnabled() and w.cancel_btn.isVisible()
-        w.note_streamed.connect(lambda *_: w.cancel())
+        w.note_streamed.connect(w.cancel)
+    w.note_streamed.disconnect(w.cancel)
     result = blocker.args[0]
     assert result.cancelled and len(result.takes) < 4
     assert not w.cancel_btn.isVisible() and w.continue_btn.isEnabled()
