@@ -57,7 +57,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         type=_transpose,
         default=(-5, 6),
         metavar="LO:HI",
-        help="train-only transposition augmentation in semitones (0:0 = none)",
+        help="train-only transposition augmentation in semitones (0:0 = none); "
+        "write a negative LO with =, as in --transpose=-5:6",
     )
     parser.add_argument(
         "--val-fraction", type=float, default=0.05, help="share of files held out (by content)"

@@ -1,0 +1,373 @@
+"""`bandmate prepare`: encoding against the codec, the CLI, manifest, formats, determinism.
+
+The corpora are built in tmp folders from the two chorale fixtures, MIDI files written by the
+codec's own writer, and deliberately broken files, so the tests need nothing outside the
+checkout. The resume-after-kill test is in test_prepare_resume.py.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from bandmate.models.codec import decode, encode_piece
+from bandmate.models.midi_io import read_midi_segments, write_midi
+from bandmate.models.types import DRUM_CHANNEL, Note, Piece, Track
+from bandmate.models.vocab import DENSITY0, PIECE_START, Vocab
+from bandmate.training.prepare import (
+    CRASH_ENV,
+    PrepareConfig,
+    density_edges_from_hist,
+    encode_file,
+    list_sources,
+    select_shard,
+)
+from bandmate.training.shards import open_split
+
+from bandmate.cli import main
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+CHORALES = [DATA / "jsfakes-0.mid", DATA / "jsfakes-1.mid"]
+VOICES = "SOPRANO,ALTO,TENOR,BASS"
+
+
+def random_piece(seed: int, bars: int = 9, drums: bool = True, low: int = 30) -> Piece:
+    """A few tracks of random notes (one drum track), some near the pitch limits."""
+    rng = random.Random(seed)
+    tracks = []
+    for t, (lo, hi) in enumerate([(low, low + 20), (60, 84), (100, 127)]):
+        notes = set()
+        for _ in range(rng.randrange(4, 30)):
+            s = rng.randrange(bars * 16)
+            notes.add(Note(s, rng.randrange(lo, hi + 1), min(s + rng.randrange(1, 20), bars * 16)))
+        # One note per (pitch) at a time, as the codec stores them.
+        clean, last_end = [], {}
+        for n in sorted(notes):
+            if n.start >= last_end.get(n.pitch, -1):
+                clean.append(n)
+                last_end[n.pitch] = n.end
+        tracks.append(Track(str(t * 10), tuple(clean), program=t * 10, channel=t))
+    if drums:
+        kit = tuple(Note(s, 36 + (s % 3), s + 1) for s in range(0, bars * 16, 4))
+        tracks.append(Track("DRUMS", kit, channel=DRUM_CHANNEL))
+    return Piece(tuple(tracks), bars, 100.0)
+
+
+def make_corpus(root: Path, n_random: int = 6) -> dict[str, list[str]]:
+    """Good, duplicate and broken files; returns the names expected in each outcome."""
+    (root / "a_chorales").mkdir(parents=True)
+    (root / "b_random" / "deeper").mkdir(parents=True)
+    (root / "c_bad").mkdir()
+    for p in CHORALES:
+        (root / "a_chorales" / p.name).write_bytes(p.read_bytes())
+    for i in range(n_random):
+        sub = "deeper/" if i % 2 else ""
+        write_midi(random_piece(i), root / "b_random" / f"{sub}r{i}.MID")
+    (root / "b_random" / "same_as_chorale.midi").write_bytes(CHORALES[0].read_bytes())
+    bad = {
+        "empty.mid": b"",
+        "random.mid": bytes(random.Random(5).randrange(256) for _ in range(300)),
+        "text.kar": b"hello world, not midi at all",
+        "smpte.mid": b"MThd\x00\x00\x00\x06\x00\x01\x00\x01\xe7\x28"
+        + b"MTrk\x00\x00\x00\x04\x00\xff\x2f\x00",
+        "no_tracks.mid": b"MThd\x00\x00\x00\x06\x00\x01\x00\x00\x01\xe0",
+        "truncated.mid": CHORALES[1].read_bytes()[:30],
+    }
+    for name, data in bad.items():
+        (root / "c_bad" / name).write_bytes(data)
+    short = Piece((Track("0", (Note(0, 60, 4),)),), 1)
+    write_midi(short, root / "c_bad" / "one_bar.mid")
+    (root / "c_bad" / "notes.txt").write_text("not a MIDI suffix: ignored")
+    return {
+        "bad": [*bad, "one_bar.mid"],
+        "dup": ["same_as_chorale.midi"],
+        "total": [str(2 + n_random + 1 + len(bad) + 1)],
+    }
+
+
+def run_cli(*argv: str) -> int:
+    return main(["prepare", *map(str, argv), "--progress", "off"])
+
+
+def read_tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("corpus")
+    return root, make_corpus(root)
+
+
+@pytest.fixture(scope="module")
+def prepared(corpus, tmp_path_factory) -> Path:
+    src, _ = corpus
+    out = tmp_path_factory.mktemp("prep") / "out"
+    rc = run_cli(src, "-o", out, "--workers", 2, "--chunk-files", 3, "--val-fraction", 0.3)
+    assert rc == 0
+    return out
+
+
+# --------------------------------------------------------------------------- pure encoding
+
+
+def _samples(enc) -> list[np.ndarray]:
+    offs = np.concatenate([[0], np.cumsum(enc.lengths)])
+    return [enc.tokens[offs[i] : offs[i + 1]].astype(np.int32) for i in range(len(enc.lengths))]
+
+
+def _transposed(piece: Piece, k: int) -> Piece:
+    return Piece(
+        tuple(
+            t
+            if t.is_drum
+            else t.with_notes(tuple(Note(n.start, n.pitch + k, n.end) for n in t.notes))
+            for t in piece.tracks
+        ),
+        piece.bars,
+        piece.tempo,
+    )
+
+
+@pytest.mark.parametrize(("bars", "hop"), [(4, 0), (4, 1), (8, 3)])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_samples_equal_codec_windows_with_transpositions(tmp_path, bars, hop, seed):
+    path = tmp_path / "p.mid"
+    write_midi(random_piece(seed, bars=17, low=2 + seed), path)
+    cfg = PrepareConfig(sources=(str(tmp_path),), bars=bars, hop=hop, transpose=(-4, 3))
+    codec = cfg.codec()
+    enc = encode_file(path, cfg)
+    (piece,) = read_midi_segments(path, codec)
+    got = _samples(enc)
+    shifts = [0, -4, -3, -2, -1, 1, 2, 3]
+    expected = {k: [] for k in shifts}
+    for start in range(0, piece.bars - bars + 1, hop or bars):
+        win = piece.slice_bars(start, bars)
+        for k in shifts:
+            pitched = [n.pitch for t in win.tracks if not t.is_drum for n in t.notes]
+            if k and (not pitched or min(pitched) + k < 0 or max(pitched) + k > 127):
+                continue  # a shift leaving 0..127 is skipped; drum-only windows never shift
+            e = encode_piece(_transposed(win, k), codec, 0, bars, [0] * len(win.tracks))
+            if len(e) > 1:
+                expected[k].append(e)
+    want = [s for k in shifts for s in expected[k]]
+    assert enc.n_orig == len(expected[0])
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        # DENSITY slots hold a placeholder until the merge; compare everything else.
+        np.testing.assert_array_equal(
+            np.where(g == DENSITY0, -1, g), np.where(w == DENSITY0, -1, w)
+        )
+    # The low track of seed 0 reaches pitch 2: some downward shifts must have been skipped.
+    assert len(want) < len(shifts) * enc.n_orig
+
+
+def test_density_slots_carry_note_counts(tmp_path):
+    path = tmp_path / "p.mid"
+    write_midi(random_piece(3), path)
+    cfg = PrepareConfig(sources=(str(tmp_path),), transpose=(0, 0), density_bins=3)
+    enc = encode_file(path, cfg)
+    assert (enc.tokens[enc.slot_pos] == DENSITY0).all()
+    for pos, count in zip(enc.slot_pos, enc.slot_count, strict=True):
+        # The bars after the slot hold `count` NOTE_ONs up to TRACK_END.
+        rest = enc.tokens[pos + 1 :].astype(np.int64)
+        end = int(np.argmax(rest == 4))
+        assert int(((rest[:end] >= 10) & (rest[:end] < 138)).sum()) == count
+
+
+def test_density_edges_are_inverted_cdf_quantiles():
+    rng = np.random.default_rng(0)
+    for bins in (2, 4, 7):
+        counts = rng.integers(1, 60, 500)
+        edges = density_edges_from_hist(np.bincount(counts), bins)
+        q = np.quantile(counts, [(d + 1) / bins for d in range(bins - 1)], method="inverted_cdf")
+        assert edges == tuple(float(x) for x in q)
+    assert density_edges_from_hist(np.zeros(3, np.int64), 3) == (1.0, 2.0)
+
+
+def test_listing_and_shards(corpus):
+    src, _ = corpus
+    files = list_sources([str(src)])
+    names = [Path(f.path).name for f in files]
+    assert "notes.txt" not in names and "r1.MID" in names and "text.kar" in names
+    rel = [f.key for f in files]
+    assert rel == sorted(rel)
+    parts = [select_shard(files, (i, 3)) for i in range(3)]
+    keys = [f.key for p in parts for f in p]
+    assert sorted(keys) == sorted(rel) and len(set(keys)) == len(keys)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="bars"):
+        PrepareConfig(sources=("x",), bars=5)
+    with pytest.raises(ValueError, match="transpose"):
+        PrepareConfig(sources=("x",), transpose=(1, 3))
+    with pytest.raises(ValueError, match="shard"):
+        PrepareConfig(sources=("x",), shard=(2, 2))
+    with pytest.raises(ValueError, match="format"):
+        PrepareConfig(sources=("x",), format="csv")
+    with pytest.raises(ValueError, match="density_edges"):
+        PrepareConfig(sources=("x",), density_bins=3, density_edges=(1.0,))
+    cfg = PrepareConfig(sources=("a", "b"), voices=("soprano",), transpose=(-2, 2))
+    assert PrepareConfig.from_json(json.loads(json.dumps(cfg.to_json()))) == cfg
+
+
+# --------------------------------------------------------------------------- the CLI
+
+
+def test_manifest_contents(prepared, corpus):
+    _, expect = corpus
+    m = json.loads((prepared / "manifest.json").read_text())
+    assert m["files_total"] == int(expect["total"][0])
+    assert m["duplicates"] == 1
+    assert m["duplicate_files"][0]["path"].endswith("same_as_chorale.midi")
+    assert m["duplicate_files"][0]["same_as"].endswith("jsfakes-0.mid")
+    skipped = {Path(s["path"]).name: s["reason"] for s in m["skipped"]}
+    assert sorted(skipped) == sorted(expect["bad"])
+    assert m["files_skipped"] == len(expect["bad"])
+    assert m["files_ok"] == m["files_total"] - m["files_skipped"] - m["duplicates"]
+    assert "SMPTE" in skipped["smpte.mid"]
+    assert "not a MIDI file" in skipped["text.kar"]
+    assert "too short" in skipped["empty.mid"]
+    assert "4-bar" in skipped["one_bar.mid"]
+    for key in ("samples", "tokens", "config", "codec", "density_bins", "labels_seen"):
+        assert key in m
+    assert m["created_by"].startswith("bandmate ")
+    assert m["config"]["transpose"] == [-5, 6] and "workers" not in m["config"]
+    edges = m["codec"]["density_edges"]
+    assert len(edges) == 3 and edges == m["density_bins"]["edges"] and edges == sorted(edges)
+    assert set(m["labels_seen"]) <= {"0", "10", "20", "DRUMS"}
+    for split in ("train", "val"):
+        s = open_split(prepared, split)
+        assert len(s) == m["samples"][split] and s.tokens_total == m["tokens"][split]
+    assert m["samples"]["val"] > 0 and m["samples"]["train"] > m["samples"]["val"]
+    assert not (prepared / ".work").exists()
+
+
+def test_samples_are_valid_and_decode(prepared):
+    vocab = Vocab.from_tokenizer_json(prepared / "tokenizer.json")
+    m = json.loads((prepared / "manifest.json").read_text())
+    assert vocab.density_bins == 4
+    label_total = dict.fromkeys(m["labels_seen"], 0)
+    for split in ("train", "val"):
+        s = open_split(prepared, split)
+        for i in range(len(s)):
+            toks = np.asarray(s[i])
+            assert toks[0] == PIECE_START and toks[-1] == 4  # TRACK_END
+            assert toks.max() < vocab.size
+            d = decode(toks, vocab, bars=4)
+            assert d.repairs == [], d.repairs
+            assert all(x is not None for x in d.densities)
+            for t in d.piece.tracks:
+                label_total[t.inst] += 1
+    assert label_total == m["labels_seen"]
+
+
+def test_val_is_not_augmented_and_split_follows_content(prepared, corpus, tmp_path):
+    """Val samples are the plain windows of val files; the split does not depend on paths."""
+    m = json.loads((prepared / "manifest.json").read_text())
+    src, _ = corpus
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for p in sorted(src.rglob("*")):
+        if p.is_file():
+            (moved / ("x_" + p.name)).write_bytes(p.read_bytes())
+    out = tmp_path / "o"
+    assert run_cli(moved, "-o", out, "--val-fraction", 0.3, "--workers", 1) == 0
+    m2 = json.loads((out / "manifest.json").read_text())
+    assert m2["samples"] == m["samples"] and m2["tokens"] == m["tokens"]
+    val = open_split(prepared, "val")
+    shifted = 0
+    for i in range(len(val)):
+        # An un-augmented sample is exactly re-encodable at its own pitch: cheap check that no
+        # two val samples are transpositions of each other.
+        a = np.asarray(val[i]).astype(np.int64)
+        for j in range(i + 1, len(val)):
+            b = np.asarray(val[j]).astype(np.int64)
+            if len(a) == len(b) and len(np.unique(b - a)) == 2:
+                shifted += 1
+    assert shifted == 0
+
+
+def test_workers_give_identical_bytes(corpus, tmp_path):
+    src, _ = corpus
+    outs = []
+    for w in (1, 2):
+        out = tmp_path / f"w{w}"
+        assert run_cli(src, "-o", out, "--workers", w, "--chunk-files", 2) == 0
+        outs.append(read_tree(out))
+    assert outs[0] == outs[1]
+    assert "train-00000.bin" in outs[0] and "manifest.json" in outs[0]
+
+
+def test_text_format_matches_bin(prepared, corpus, tmp_path):
+    src, _ = corpus
+    out = tmp_path / "txt"
+    rc = run_cli(src, "-o", out, "--format", "text", "--chunk-files", 3, "--val-fraction", 0.3)
+    assert rc == 0
+    vocab = Vocab.from_tokenizer_json(out / "tokenizer.json")
+    for split in ("train", "val"):
+        lines = (out / f"{split}.txt").read_text().splitlines()
+        s = open_split(prepared, split)
+        assert len(lines) == len(s)
+        for line, i in zip(lines, range(len(s)), strict=True):
+            assert line == " ".join(vocab.decode(s[i]))
+        assert lines[0].startswith("PIECE_START TRACK_START INST=")
+    assert not list(out.glob("*.bin"))
+
+
+def test_rerun_same_args_is_a_no_op_and_other_args_are_refused(prepared, corpus, capsys):
+    src, _ = corpus
+    before = read_tree(prepared)
+    argv = (src, "-o", prepared, "--workers", 1, "--chunk-files", 3, "--val-fraction", 0.3)
+    assert run_cli(*argv) == 0
+    assert read_tree(prepared) == before
+    assert run_cli(src, "-o", prepared, "--val-fraction", 0.3) == 2
+    assert "other arguments" in capsys.readouterr().err
+    assert read_tree(prepared) == before
+
+
+def test_refuses_foreign_folder_and_bad_arguments(corpus, tmp_path, capsys):
+    src, _ = corpus
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "mine.txt").write_text("x")
+    assert run_cli(src, "-o", tmp_path / "busy") == 2
+    assert "not empty" in capsys.readouterr().err
+    assert run_cli(tmp_path / "missing", "-o", tmp_path / "o") == 2
+    assert "no such file" in capsys.readouterr().err
+    assert run_cli(src, "-o", tmp_path / "o2", "--transpose", "3:5") == 2
+    assert "transpose" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run_cli(src, "-o", tmp_path / "o3", "--shard", "1-2")
+
+
+def test_shard_parts_are_disjoint_and_complete(corpus, tmp_path):
+    src, expect = corpus
+    totals = []
+    for i in range(2):
+        out = tmp_path / f"s{i}"
+        assert run_cli(src, "-o", out, "--shard", f"{i}/2", "--density-edges", "8,12,16") == 0
+        m = json.loads((out / "manifest.json").read_text())
+        assert m["codec"]["density_edges"] == [8.0, 12.0, 16.0]
+        totals.append(m["files_total"])
+    assert sum(totals) == int(expect["total"][0])
+
+
+def test_worker_crash_skips_only_that_file(corpus, tmp_path, monkeypatch):
+    """A worker that dies (as on a crash in C++ code) costs only the file it was on."""
+    src, _ = corpus
+    monkeypatch.setenv(CRASH_ENV, "r3.MID")
+    out = tmp_path / "crash"
+    assert run_cli(src, "-o", out, "--workers", 2, "--chunk-files", 2) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    skipped = {Path(s["path"]).name: s["reason"] for s in m["skipped"]}
+    assert "crashed" in skipped["r3.MID"]
+    monkeypatch.delenv(CRASH_ENV)
+    ref = tmp_path / "ref"
+    assert run_cli(src, "-o", ref, "--workers", 2, "--chunk-files", 2) == 0
+    mr = json.loads((ref / "manifest.json").read_text())
+    assert m["files_ok"] == mr["files_ok"] - 1
+    assert m["files_total"] == mr["files_total"]

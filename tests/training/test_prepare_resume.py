@@ -1,0 +1,103 @@
+"""The resume guarantee: a `bandmate prepare` killed mid-run and started again finishes with
+exactly the bytes of an uninterrupted run.
+
+A real subprocess (with its worker processes) is killed with SIGKILL at two moments of the
+work phase; a third kill lands in the merge by interrupting it in-process just before the
+manifest. Every restart uses the same arguments.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from bandmate.models.midi_io import write_midi
+from bandmate.training import prepare as P
+
+from bandmate.cli import main
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_prepare import random_piece, read_tree
+
+N_FILES = 80
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("resume_corpus")
+    for i in range(N_FILES):
+        write_midi(random_piece(100 + i, bars=24), root / f"f{i:03d}.mid")
+    (root / "zz_bad.mid").write_bytes(b"MThd broken")
+    return root
+
+
+def _args(src: Path, out: Path, workers: int) -> list[str]:
+    return [
+        "prepare", str(src), "-o", str(out), "--workers", str(workers), "--chunk-files", "1",
+        "--progress", "off", "--transpose=-2:2",
+    ]  # fmt: skip
+
+
+def _start(src: Path, out: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "bandmate", *_args(src, out, 2)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # its own process group: the kill takes the workers too
+    )
+
+
+def _kill_when(proc: subprocess.Popen, out: Path, chunks: int, timeout: float = 120) -> int:
+    """SIGKILL the run (and its workers) once `chunks` work units are on disk."""
+    work = out / P.WORK
+    t_end = time.monotonic() + timeout
+    while time.monotonic() < t_end and proc.poll() is None:
+        done = len(list(work.glob("chunk-*.npz"))) if work.exists() else 0
+        if done >= chunks:
+            break
+        time.sleep(0.002)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    return len(list(work.glob("chunk-*.npz")))
+
+
+def test_killed_run_resumes_to_identical_bytes(corpus, tmp_path, monkeypatch):
+    ref = tmp_path / "ref"
+    assert main(_args(corpus, ref, 1)) == 0
+    expected = read_tree(ref)
+
+    out = tmp_path / "out"
+    first = _kill_when(_start(corpus, out), out, 1)
+    assert not (out / "manifest.json").exists()
+    assert 1 <= first < N_FILES + 1
+    second = _kill_when(_start(corpus, out), out, first + 20)
+    assert second > first and not (out / "manifest.json").exists()
+
+    # A kill during the merge: shards are written, the manifest is not.
+    real = P.atomic_write_bytes
+
+    def die_before_manifest(path, data):
+        if Path(path).name == "manifest.json":
+            raise KeyboardInterrupt("killed during the merge")
+        real(path, data)
+
+    monkeypatch.setattr(P, "atomic_write_bytes", die_before_manifest)
+    assert main(_args(corpus, out, 2)) == 130
+    assert (out / "train-00000.bin").exists() and not (out / "manifest.json").exists()
+    monkeypatch.setattr(P, "atomic_write_bytes", real)
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "bandmate", *_args(corpus, out, 2)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "0 done before" not in proc.stderr
+    assert read_tree(out) == expected
