@@ -18,6 +18,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--screenshot", default=None, metavar="PNG",
         help="render the window to PNG (after generating when a MIDI file is given) and exit",
     )  # fmt: skip
+    parser.add_argument(
+        "--seed", type=int, default=None, help="fixed sampling seed (repeatable takes)"
+    )
     parser.add_argument("--reset-settings", action="store_true", help="forget stored settings")
 
 
@@ -39,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     if args.reset_settings:
         store.clear()
     win = MainWindow(store=store, model_path=args.model)
+    win.seed = args.seed
     if args.midi:
         win.open_midi(args.midi)
     win.show()
@@ -72,6 +76,8 @@ def _screenshot(app, win, path: str, generate: bool) -> int:
     timer.start(50)
     QTimer.singleShot(120_000, loop.quit)
     loop.exec()
+    app.processEvents()
+    win.roll.fit_width()
     app.processEvents()
     ok = win.grab().save(path)
     win.close()

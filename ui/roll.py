@@ -158,6 +158,13 @@ class PianoRoll(QScrollArea):
         bar.setValue(int(new_x - ax))
         self.zoom_changed.emit(g.px_per_step)
 
+    def fit_width(self) -> None:
+        """Zoom so the whole timeline fits the view."""
+        steps = (max(self.model.bars, 4) + 1) * STEPS_PER_BAR
+        g = self.canvas.geometry_
+        self.zoom(max(1e-3, (self.viewport().width() - 4) / steps) / g.px_per_step, 0)
+        self.horizontalScrollBar().setValue(0)
+
     def wheelEvent(self, event: QWheelEvent) -> None:
         if event.modifiers() & Qt.KeyboardModifier.ControlModifier:
             factor = 1.25 if event.angleDelta().y() > 0 else 0.8

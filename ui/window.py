@@ -289,6 +289,7 @@ class MainWindow(QMainWindow):
         vm = self.menuBar().addMenu("&View")
         self._action(vm, "Zoom &in", "Ctrl+=", lambda: self.roll.zoom(1.25), "Zoom in")
         self._action(vm, "Zoom &out", "Ctrl+-", lambda: self.roll.zoom(0.8), "Zoom out")
+        self._action(vm, "&Fit", "Ctrl+0", self.roll.fit_width, "Show the whole timeline")
 
         # status bar: labels + progress + cancel
         sb = self.statusBar()
