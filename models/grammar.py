@@ -132,6 +132,10 @@ class BarGrammar:
             offs = self.sounding.copy()
             if ph == _AFTER_OFF:
                 offs[: self.last_pitch + 1] = False
+            if t >= S:  # at the bar end every open note closes now, lowest pitch first
+                first = int(np.argmax(self.sounding))
+                offs[:] = False
+                offs[first] = True
             m[NOTE_OFF0 : NOTE_OFF0 + 128] = offs
         # NOTE_ON: not at the bar end, not for a sounding pitch, ascending within the step.
         if t < S and not closing:
@@ -145,7 +149,8 @@ class BarGrammar:
                 if any_sounding:
                     m[TIME_DELTA0 + S - t] = True  # straight to the bar end, notes close there
             else:
-                top = S - t if any_sounding else S - t - 1
+                # A rest (delta with nothing sounding) must lead to a note that may start.
+                top = S - t if any_sounding else (S - t - 1 if self._on_ok.any() else 0)
                 if top >= 1:
                     m[TIME_DELTA0 + 1 : TIME_DELTA0 + top + 1] = True
         # BAR_END: nothing sounding, no trailing delta.

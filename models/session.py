@@ -71,6 +71,7 @@ class ModelSession:
     n_positions: int
     input_names: list[str] = field(default_factory=list)
     output_names: list[str] = field(default_factory=list)
+    calls: int = 0  # model runs so far (every cache of this session), for stats and tests
 
     @property
     def past_names(self) -> list[str]:
@@ -292,6 +293,7 @@ class KVCache:
         for name, value in zip(self.s.past_names, self.past, strict=True):
             feed[name] = value
         out = self.s.sess.run(self.s.fetch_names, feed)
+        self.s.calls += 1
         self.past = out[1:]
         self.length = lo + n
         self.calls += 1
