@@ -8,6 +8,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 from bandmate.training.export import CHORALE_CODEC, load_run_model
+from bandmate.training.model_card import write_model_card
 from bandmate.training.synthetic import write_synthetic_data
 from bandmate.training.train import TrainConfig, train
 
@@ -63,6 +64,11 @@ def test_train_then_export_cli(tmp_path):
     with torch.no_grad():
         ref = model(input_ids=torch.from_numpy(sample)).logits.numpy()
     assert np.abs(sess.run(["logits"], feed)[0] - ref).max() <= 1e-4
+    # The model card is written from these artifacts.
+    card = write_model_card(out, tmp_path / "run", "bandmate train ...").read_text()
+    assert "CC BY 4.0" in card and "https://github.com/omarperacha/js-fakes" in card
+    assert f"{meta['val_loss']:.4f}" in card and f"{meta['unigram_val_loss']:.4f}" in card
+    assert "bandmate train ..." in card and "model.int8.onnx" in card
 
 
 def test_export_cli_errors_are_actionable(tmp_path, caplog):
