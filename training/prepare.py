@@ -23,6 +23,7 @@ How the guarantees are met (docs/prepare.md says more):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -80,7 +81,7 @@ class PrepareConfig:
 
     sources: tuple[str, ...] = field(metadata={"help": "MIDI files or folders, walked recursively"})
     bars: int = field(default=4, metadata={"help": "bars per sample: 4, 8 or 16"})
-    hop: int = field(default=0, metadata={"help": "bars between window starts; 0 = bars"})
+    hop: int = field(default=0, metadata={"help": "bars between window starts; 0 = bars/4"})
     transpose: tuple[int, int] = field(
         default=(-5, 6), metadata={"help": "train-only transpositions LO..HI semitones"}
     )
@@ -108,7 +109,7 @@ class PrepareConfig:
         if self.bars not in BAR_CHOICES:
             raise ValueError(f"bars must be one of {BAR_CHOICES}, got {self.bars}")
         if not 0 <= self.hop <= 64:
-            raise ValueError(f"hop must be 1..64 bars (0 = bars), got {self.hop}")
+            raise ValueError(f"hop must be 1..64 bars (0 = bars/4), got {self.hop}")
         lo, hi = self.transpose
         if not -24 <= lo <= 0 <= hi <= 24:
             raise ValueError(f"transpose LO:HI needs -24 <= LO <= 0 <= HI <= 24, got {lo}:{hi}")
@@ -138,7 +139,8 @@ class PrepareConfig:
 
     @property
     def window_hop(self) -> int:
-        return self.hop or self.bars
+        """Default: a quarter of the window, so every bar is in about 4 samples."""
+        return self.hop or max(1, self.bars // 4)
 
     @property
     def shifts(self) -> tuple[int, ...]:
@@ -343,12 +345,18 @@ def _concat_parts(parts: list[tuple[np.ndarray, ...]], n_orig: int) -> Encoded:
     )
 
 
+@functools.lru_cache(maxsize=8)
+def _codec_vocab(cfg: PrepareConfig) -> tuple[CodecConfig, Vocab]:
+    """Built once per run: a Vocab costs more to build than a small file costs to encode."""
+    codec = cfg.codec()
+    return codec, codec.vocab
+
+
 def encode_file(
     src: str | os.PathLike | bytes, cfg: PrepareConfig, augment: bool = True
 ) -> Encoded:
     """All samples of one MIDI file (raises MidiError when the file is unusable)."""
-    codec = cfg.codec()
-    vocab = codec.vocab
+    codec, vocab = _codec_vocab(cfg)
     segs = read_segments_arrays(src, codec)
     if not segs:
         raise MidiError(
@@ -495,11 +503,22 @@ def process_file(f: SourceFile, cfg: PrepareConfig) -> FileResult:
 
 
 def _chunk_path(work: Path, c: int) -> Path:
-    return work / f"chunk-{c:06d}.npz"
+    return work / f"chunk-{c:06d}.bin"
+
+
+_MAGIC = b"BMCHUNK1"
+_END = b"BMCHUNKE"
+_ARRAYS = (("tokens", np.uint16), ("lengths", np.int64), ("slot_pos", np.int64),
+           ("slot_count", np.int64))  # fmt: skip
 
 
 def write_chunk(path: Path, results: list[FileResult]) -> dict:
-    """One finished work unit, atomically; returns its counts for the progress bar."""
+    """One finished work unit, atomically; returns its counts for the progress bar.
+
+    Layout: magic, header length, JSON header (per-file facts, array sizes), the raw arrays,
+    an end marker. Not fsynced: a kill cannot lose a renamed file (the page cache survives
+    the process), and after a power loss `read_chunk` rejects a torn file, which is redone.
+    """
     meta = [
         {
             "path": r.path,
@@ -515,20 +534,22 @@ def write_chunk(path: Path, results: list[FileResult]) -> dict:
     ]
     base = np.cumsum([0] + [len(r.enc.tokens) for r in results])
     arrays = {
-        "meta": np.frombuffer(json.dumps(meta).encode(), np.uint8),
-        "tokens": np.concatenate([np.zeros(0, np.uint16)] + [r.enc.tokens for r in results]),
-        "lengths": np.concatenate([np.zeros(0, np.int64)] + [r.enc.lengths for r in results]),
-        "slot_pos": np.concatenate(
-            [np.zeros(0, np.int64)]
-            + [r.enc.slot_pos + b for r, b in zip(results, base, strict=False)]
-        ),
-        "slot_count": np.concatenate([np.zeros(0, np.int64)] + [r.enc.slot_count for r in results]),
+        "tokens": [r.enc.tokens for r in results],
+        "lengths": [r.enc.lengths for r in results],
+        "slot_pos": [r.enc.slot_pos + b for r, b in zip(results, base, strict=False)],
+        "slot_count": [r.enc.slot_count for r in results],
     }
+    bufs = [
+        np.concatenate([np.zeros(0, dt), *arrays[name]]).astype(dt, copy=False).tobytes()
+        for name, dt in _ARRAYS
+    ]
+    header = json.dumps({"files": meta, "sizes": [len(b) for b in bufs]}).encode()
     tmp = tmp_name(path)
     with open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
-        fh.flush()
-        os.fsync(fh.fileno())
+        fh.write(_MAGIC + len(header).to_bytes(8, "little") + header)
+        for b in bufs:
+            fh.write(b)
+        fh.write(_END)
     os.replace(tmp, path)
     return {
         "files": len(results),
@@ -536,6 +557,49 @@ def write_chunk(path: Path, results: list[FileResult]) -> dict:
         "tokens": int(base[-1]),
         "skipped": sum(r.reason is not None for r in results),
     }
+
+
+def read_chunk(path: Path, arrays: bool = True) -> dict | None:
+    """A work unit written by `write_chunk`, or None when the file is torn or foreign.
+
+    ``arrays=False`` reads only the header and the DENSITY slots (the merge's first pass).
+    """
+    try:
+        with open(path, "rb") as fh:
+            total = os.fstat(fh.fileno()).st_size
+            lead = fh.read(16)
+            if lead[:8] != _MAGIC:
+                return None
+            n = int.from_bytes(lead[8:16], "little")
+            head = json.loads(fh.read(n))
+            sizes = [int(x) for x in head["sizes"]]
+            if 16 + n + sum(sizes) + 8 != total:
+                return None
+            out: dict = {"meta": head["files"]}
+            for (name, dt), size in zip(_ARRAYS, sizes, strict=True):
+                if arrays or name in ("slot_pos", "slot_count"):
+                    out[name] = np.frombuffer(bytearray(fh.read(size)), dt)
+                else:
+                    fh.seek(size, os.SEEK_CUR)
+            if fh.read(8) != _END:
+                return None
+            return out
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _chunk_done(path: Path) -> bool:
+    """Cheap check for resume: the header parses and the size and end marker agree."""
+    try:
+        with open(path, "rb") as fh:
+            total = os.fstat(fh.fileno()).st_size
+            lead = fh.read(16)
+            n = int.from_bytes(lead[8:16], "little")
+            sizes = json.loads(fh.read(n))["sizes"]
+            fh.seek(total - 8)
+            return lead[:8] == _MAGIC and fh.read(8) == _END and 16 + n + sum(sizes) + 8 == total
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def run_chunk(task: tuple[int, list[SourceFile], dict, str]) -> dict:
@@ -644,9 +708,11 @@ def _run_chunks(
         on_done(_isolate_chunk(c, files, cfg_json, Path(work), ctx))
 
 
-def _load_chunk(path: Path, keys: Sequence[str]) -> dict:
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in keys}
+def _load_chunk(path: Path, arrays: bool = True) -> dict:
+    z = read_chunk(path, arrays)
+    if z is None:
+        raise PrepareError(f"{path} is damaged: run the same command again to redo it")
+    return z
 
 
 def _merge(
@@ -664,8 +730,8 @@ def _merge(
     hist = np.zeros(1, np.int64)
     want_edges = cfg.density_bins > 1 and not cfg.density_edges
     for c in range(n_chunks):
-        z = _load_chunk(_chunk_path(work, c), ("meta", "slot_pos", "slot_count"))
-        meta = json.loads(z["meta"].tobytes())
+        z = _load_chunk(_chunk_path(work, c), arrays=False)
+        meta = z["meta"]
         k = np.zeros(len(meta), bool)
         for i, m in enumerate(meta):
             h = m["hash"]
@@ -711,10 +777,8 @@ def _merge(
     label_hist = np.zeros(vocab.size, np.int64)
     try:
         for c in range(n_chunks):
-            z = _load_chunk(
-                _chunk_path(work, c), ("meta", "tokens", "lengths", "slot_pos", "slot_count")
-            )
-            meta = json.loads(z["meta"].tobytes())
+            z = _load_chunk(_chunk_path(work, c))
+            meta = z["meta"]
             tokens, lengths = z["tokens"], z["lengths"]
             if cfg.density_bins and len(z["slot_pos"]):
                 b = np.searchsorted(edge_arr, z["slot_count"], side="left")
@@ -870,7 +934,8 @@ def prepare(
     done_files = 0
     for c in range(n_chunks):
         part = files[c * chunk : (c + 1) * chunk]
-        if _chunk_path(work, c).exists():
+        cp = _chunk_path(work, c)
+        if cp.exists() and _chunk_done(cp):
             done_files += len(part)
         else:
             tasks.append((c, part, cfg_json, str(work)))

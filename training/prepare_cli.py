@@ -50,7 +50,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--out", required=True, help="output folder (created)")
     parser.add_argument("--bars", type=int, choices=BAR_CHOICES, default=4, help="bars per sample")
     parser.add_argument(
-        "--hop", type=int, default=0, help="bars between window starts (0 = --bars: no overlap)"
+        "--hop",
+        type=int,
+        default=0,
+        help="bars between window starts (0 = bars/4: every bar in ~4 samples; "
+        "--hop equal to --bars: no overlap)",
     )
     parser.add_argument(
         "--transpose",

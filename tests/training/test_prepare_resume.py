@@ -57,14 +57,14 @@ def _kill_when(proc: subprocess.Popen, out: Path, chunks: int, timeout: float = 
     work = out / P.WORK
     t_end = time.monotonic() + timeout
     while time.monotonic() < t_end and proc.poll() is None:
-        done = len(list(work.glob("chunk-*.npz"))) if work.exists() else 0
+        done = len(list(work.glob("chunk-*.bin"))) if work.exists() else 0
         if done >= chunks:
             break
         time.sleep(0.002)
     assert proc.poll() is None, "the run ended before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
-    return len(list(work.glob("chunk-*.npz")))
+    return len(list(work.glob("chunk-*.bin")))
 
 
 def test_killed_run_resumes_to_identical_bytes(corpus, tmp_path, monkeypatch):

@@ -1,0 +1,173 @@
+"""Benchmark `bandmate prepare` against MidiTok's MMM tokenizer on the same files, same run.
+
+    python bench/prepare.py [FOLDER] [--meter assume-4/4] [--voices ...] [--repeat 3]
+
+Measures, on FOLDER (default: the shared JS Fake Chorales):
+- our full un-augmented run (`prepare` with --transpose 0:0: walk, hash, parse, encode,
+  window, merge, write shards) on one worker, then on all workers;
+- our pure per-file encode (`encode_file` in this process, no pool, no writing);
+- MidiTok 3.1 `MMM` (base tokenizer TSD, its default config) tokenizing every file, one core.
+`tokens_per_s_per_core` counts the output of the default windows (4-bar windows every bar: each
+note is in up to 4 samples); `each_note_once_tokens_per_s_per_core` encodes non-overlapping
+windows (each note once, like MidiTok's one pass over a file) and gives the like-for-like
+`speedup_vs_miditok_each_note_once`. Each figure is the best of --repeat runs (the machine
+may be shared; best-of is the least disturbed). The last line is JSON: files_per_s_per_core,
+tokens_per_s_per_core (full un-augmented run, one worker), miditok_tokens_per_s_per_core,
+speedup_vs_miditok, parallel_speedup (one-worker time / all-workers time), plus the details.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "jsfakes"
+
+
+def _best(fn, repeat: int) -> tuple[float, object]:
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("folder", nargs="?", default=str(DEFAULT))
+    ap.add_argument("--meter", default=None, help="strict or assume-4/4 (default: by folder)")
+    ap.add_argument("--voices", default=None, help="voice labels (default: SATB for jsfakes)")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=0, help="0 = every core")
+    ap.add_argument("--skip-miditok", action="store_true")
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+
+    from bandmate.training.prepare import (
+        PrepareConfig,
+        default_workers,
+        encode_file,
+        list_sources,
+        prepare,
+    )
+
+    folder = a.folder
+    is_chorales = "jsfakes" in folder
+    meter = a.meter or ("strict" if is_chorales else "assume-4/4")
+    voices = (
+        a.voices if a.voices is not None else ("SOPRANO,ALTO,TENOR,BASS" if is_chorales else "")
+    )
+    cfg = PrepareConfig(
+        sources=(folder,),
+        transpose=(0, 0),
+        meter=meter,
+        voices=tuple(v for v in voices.split(",") if v),
+        val_fraction=0.0,
+    )
+    files = list_sources([folder])
+    workers = a.workers or default_workers()
+    load_before = os.getloadavg()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-prepare-"))
+
+    def run(w: int) -> dict:
+        out = tmp / f"w{w}"
+        shutil.rmtree(out, ignore_errors=True)
+        return prepare(cfg, out, workers=w, progress=False)
+
+    try:
+        run(1)  # warm the page cache and imports
+        t1, m1 = _best(lambda: run(1), a.repeat)
+        tn, _ = _best(lambda: run(workers), a.repeat)
+        assert (tmp / "w1" / "train-00000.bin").read_bytes() == (
+            tmp / f"w{workers}" / "train-00000.bin"
+        ).read_bytes()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    tokens = m1["tokens"]["train"] + m1["tokens"]["val"]
+
+    def encode_all(c: PrepareConfig) -> int:
+        n = 0
+        for f in files:
+            with contextlib.suppress(ValueError):
+                n += len(encode_file(f.abspath, c, augment=False).tokens)
+        return n
+
+    te, enc_tokens = _best(lambda: encode_all(cfg), a.repeat)
+    # Each note once (windows do not overlap): the like-for-like comparison with a tokenizer
+    # that encodes a whole file once, as MidiTok does.
+    once = dataclasses.replace(cfg, hop=cfg.bars)
+    t_once, once_tokens = _best(lambda: encode_all(once), a.repeat)
+
+    result: dict = {
+        "folder": folder,
+        "meter": meter,
+        "files": len(files),
+        "files_ok": m1["files_ok"],
+        "tokens": tokens,
+        "samples": m1["samples"]["train"] + m1["samples"]["val"],
+        "workers": workers,
+        "one_worker_s": round(t1, 3),
+        "all_workers_s": round(tn, 3),
+        "encode_only_s": round(te, 3),
+        "hop_bars": cfg.window_hop,
+        "encode_only_tokens_per_s_per_core": round(enc_tokens / te),
+        "each_note_once_tokens": once_tokens,
+        "each_note_once_s": round(t_once, 3),
+        "each_note_once_tokens_per_s_per_core": round(once_tokens / t_once),
+        "files_per_s_per_core": round(len(files) / t1, 1),
+        "tokens_per_s_per_core": round(tokens / t1),
+        "parallel_speedup": round(t1 / tn, 3),
+    }
+    if not a.skip_miditok:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from miditok import MMM, TokenizerConfig
+
+            tok = MMM(TokenizerConfig(base_tokenizer="TSD"))
+            paths = [Path(f.abspath) for f in files]
+
+            def miditok_all() -> int:
+                n = 0
+                for p in paths:
+                    try:
+                        seq = tok.encode(p)
+                        n += len(seq.ids)
+                    except Exception:  # MidiTok's own failures do not count
+                        pass
+                return n
+
+            tm, mt_tokens = _best(miditok_all, a.repeat)
+        result["miditok"] = "MidiTok 3.1.0 MMM(base_tokenizer=TSD), default TokenizerConfig"
+        result["miditok_tokens"] = mt_tokens
+        result["miditok_s"] = round(tm, 3)
+        result["miditok_tokens_per_s_per_core"] = round(mt_tokens / tm)
+        mt_rate = result["miditok_tokens_per_s_per_core"]
+        result["speedup_vs_miditok"] = round(result["tokens_per_s_per_core"] / mt_rate, 2)
+        result["speedup_vs_miditok_each_note_once"] = round(
+            result["each_note_once_tokens_per_s_per_core"] / mt_rate, 2
+        )
+    result["machine"] = {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "loadavg_before": [round(x, 2) for x in load_before],
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+    }
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
