@@ -268,7 +268,7 @@ class JamController:
         extra: dict[int, int] = {}
         scheduled = 0
         stats: dict = {}
-        self._first_out = {"action": action, "logged": False}
+        self._first_out = {"action": action, "logged": False, "sent": 0, "total": None}
 
         def place(track: int, note: Note) -> None:
             nonlocal scheduled
@@ -318,7 +318,10 @@ class JamController:
                     fix_origin()
         if origin is None:
             fix_origin()
-        tokens = stats.get("tokens", stats.get("new_tokens", "?"))
+        tokens = stats.get("sampled_tokens", "?")
+        fo = self._first_out
+        if fo is not None:
+            fo["total"] = scheduled
         log.info("%s: generated %s tokens in %.2f s; %d note(s) scheduled from bar %d", action,
                  tokens, time.perf_counter() - t_start, scheduled, target_bar + 1)
         return {"action": action, "notes": scheduled, "start_bar": target_bar,
@@ -326,10 +329,16 @@ class JamController:
 
     def _on_sent(self, msg: mido.Message, target_ns: int, sent_ns: int) -> None:
         fo = self._first_out
-        if fo is not None and not fo["logged"] and msg.type == "note_on":
+        if fo is None or msg.type != "note_on":
+            return
+        fo["sent"] += 1
+        if not fo["logged"]:
             fo["logged"] = True
             log.info("%s: first note out (%.1f ms after its time)", fo["action"],
                      (sent_ns - target_ns) / 1e6)
+        if fo["total"] is not None and fo["sent"] >= fo["total"]:
+            log.info("%s: all %d note(s) sent", fo["action"], fo["sent"])
+            self._first_out = None
 
 
 # -- command line -------------------------------------------------------------------------

@@ -54,14 +54,14 @@ class FakeGen:
             if b == 0:
                 time.sleep(self.delay_s)
             yield BarDone(piece.bars + b)
-        yield Done(piece, {"tokens": 42})
+        yield Done(piece, {"sampled_tokens": 42})
 
     def add_stream(self, piece, label, cancel):
         self.calls.append(("add", piece, label))
         yield NoteEvent(len(piece.tracks), Note(0, 36, 2))
         yield BarDone(0)
         yield NoteEvent(len(piece.tracks), Note(16, 38, 18))
-        yield Done(piece, {"tokens": 7})
+        yield Done(piece, {"sampled_tokens": 7})
 
 
 def _rig(at_bar: float, gen: FakeGen, **cfg):

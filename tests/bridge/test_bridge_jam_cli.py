@@ -1,0 +1,108 @@
+"""A real `bandmate jam` process on JACK with a real (random-weight) ONNX model.
+
+The stand-in DAW plays SATB bars with MIDI clock, fires Continue by CC 20, hears generated
+notes on the next bar line or later, then SIGTERMs the process: every note-on it heard must
+have its own note-off.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import mido
+import pytest
+from bandmate.bridge.dawsim import DawSim, pair_notes
+from bandmate.bridge.facade import wait_until
+
+pytestmark = pytest.mark.jack
+
+TEMPO = 160.0  # bar = 1.5 s
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from bandmate.training.export import export_random
+
+    return export_random(tmp_path_factory.mktemp("jam-model") / "tiny", seed=1)
+
+
+class Proc:
+    def __init__(self, cmd, env):
+        self.p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  env=env, text=True)
+        self.lines: list[str] = []
+        self._t = threading.Thread(target=self._read, daemon=True)
+        self._t.start()
+
+    def _read(self):
+        for line in self.p.stdout:
+            self.lines.append(line.rstrip())
+
+    def saw(self, text: str) -> bool:
+        return any(text in ln for ln in self.lines)
+
+    def log(self) -> str:
+        return "\n".join(self.lines[-60:])
+
+
+def _prompt_notes() -> dict[int, list[mido.Message]]:
+    """Two bars of four-part chords (channels 1-4), one chord per half note."""
+    out: dict[int, list[mido.Message]] = {}
+    chords = [(72, 67, 64, 48), (74, 69, 65, 50), (76, 72, 67, 52), (74, 71, 67, 55)]
+    for i in range(4 * 4):  # 4 bars of half-note chords, repeating
+        on, off = i * 48, i * 48 + 47
+        for ch, pitch in enumerate(chords[i % 4]):
+            out.setdefault(on, []).append(
+                mido.Message("note_on", channel=ch, note=pitch, velocity=80))
+            out.setdefault(off, []).append(mido.Message("note_off", channel=ch, note=pitch))
+    return out
+
+
+def test_jam_continue_then_sigterm_leaves_no_hanging_notes(jack_server, tiny_model):
+    in_name, out_name = "bm jam in", "bm jam out"
+    cmd = [sys.executable, "-m", "bandmate", "jam", "--api", "jack", "--in", in_name,
+           "--out", out_name, "--model", str(tiny_model), "--bars", "2", "--clock", "midi",
+           "--seed", "3"]
+    proc = Proc(cmd, jack_server.env())
+    daw = None
+    try:
+        assert wait_until(lambda: proc.saw("jam ready") or proc.p.poll() is not None, 60), \
+            proc.log()
+        assert proc.p.poll() is None, proc.log()
+        daw = DawSim(in_name, out_name, name="daw jam")
+        notes = _prompt_notes()
+        trigger_tick = 2 * 96 + 24  # a quarter into bar 3: prompt = bars 1-2
+        notes.setdefault(trigger_tick, []).append(
+            mido.Message("control_change", channel=9, control=20, value=127))
+        daw.play(TEMPO, ticks=12 * 96, notes=notes)
+        # generated notes come back on channels the prompt used
+        def heard() -> int:
+            return sum(1 for r in daw.messages(["note_on"]) if r.msg.velocity > 0)
+        assert wait_until(lambda: heard() >= 6, 15), proc.log()
+        assert proc.saw("trigger: continue"), proc.log()
+        assert proc.saw("first note out"), proc.log()
+        time.sleep(0.4)  # let some notes sound, then kill mid-phrase
+        proc.p.send_signal(signal.SIGTERM)
+        assert proc.p.wait(15) == 0, proc.log()
+        time.sleep(0.3)
+        got = daw.messages()
+        pairs, hanging = pair_notes(got)
+        assert not hanging, (hanging, proc.log())
+        assert len(pairs) >= 6
+        # nothing before the bar line after the trigger (bar index 3), all on 16th steps
+        for _ch, _p, on_ns, _off in pairs:
+            step = daw.step_of(on_ns)
+            assert step >= 3 * 16 - 0.3
+            assert abs(step - round(step)) < 0.3
+        print(proc.log())
+        assert proc.saw("jam stopped (SIGTERM)"), proc.log()
+    finally:
+        if proc.p.poll() is None:
+            proc.p.kill()
+            proc.p.wait(5)
+        if daw is not None:
+            daw.close()
