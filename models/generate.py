@@ -578,20 +578,25 @@ def _run(
         for row in rs:
             _advance(job, row, out)
         yield from out
-        cache = s.new_cache(rows, capacity=3 * s.n_positions)
+        # Every call feeds the same number of real tokens to every unfinished row (the
+        # shortest pending run), so no slot is padding except for finished rows: the cache
+        # never holds more slots than the longest row has positions.
+        cache = s.new_cache(rows, capacity=s.n_positions)
         while any(r.action is not None for r in rs):
             if cancel is not None and cancel.is_set():
                 log.info("generation cancelled")
                 return
-            chunks = [r.pending if r.action is not None else [] for r in rs]
+            active = [r for r in rs if r.action is not None]
+            n = min(len(r.pending) for r in active)
+            chunks = [r.pending[:n] if r.action is not None else [] for r in rs]
             logits = cache.feed(chunks)
             calls += 1
             out = []
-            for r in rs:
-                if r.action is None:
+            for r in active:
+                r.tokens.extend(r.pending[:n])
+                del r.pending[:n]
+                if r.pending:  # more forced tokens to feed before this row samples
                     continue
-                r.tokens.extend(r.pending)
-                r.pending = []
                 a = r.action
                 lg = logits[r.index]
                 if isinstance(a, _Choose):
