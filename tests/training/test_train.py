@@ -281,3 +281,26 @@ def test_torchrun_two_processes_equal_one_process_with_accumulation(data_dir, tm
     sa = json.loads((tmp_path / "one" / "summary.json").read_text())
     sb = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert sb["world_size"] == 2 and sb["val_loss"] == pytest.approx(sa["val_loss"], abs=1e-5)
+
+
+def test_sigterm_saves_a_checkpoint_and_stops(data_dir, tmp_path):
+    """SLURM / torchrun stop a job with SIGTERM: the run saves where it is and exits cleanly."""
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        _cli(data_dir, run, 100000),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and latest_checkpoint(run) is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    summary = json.loads((run / "summary.json").read_text())
+    assert not summary["finished"] and summary["steps"] >= 5
+    assert latest_checkpoint(run).name == f"step-{summary['steps']:07d}"
+    assert "resume with --resume" in err
