@@ -13,14 +13,14 @@ from dataclasses import replace
 from bandmate.models.types import STEPS_PER_BAR, STEPS_PER_BEAT
 from bandmate.ui.roll_model import RollGeometry, RollModel, track_color
 from PyQt6.QtCore import QRectF, Qt, pyqtSignal
-from PyQt6.QtGui import QColor, QFont, QPainter, QPen, QWheelEvent
+from PyQt6.QtGui import QColor, QFont, QPainter, QPen, QPixmap, QWheelEvent
 from PyQt6.QtWidgets import QScrollArea, QWidget
 
 BACKGROUND = QColor("#1e1f24")
 BLACK_KEY_ROW = QColor("#23252b")
 BAR_LINE = QColor("#5a5d68")
 BEAT_LINE = QColor("#33363e")
-GENERATED_SHADE = QColor(255, 255, 255, 40)
+GENERATED_REGION = QColor(255, 255, 255, 10)
 PLAYHEAD = QColor("#f5f5f5")
 BLACK_KEYS = {1, 3, 6, 8, 10}
 NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
@@ -33,6 +33,8 @@ class RollCanvas(QWidget):
         super().__init__(parent)
         self.model = model
         self.geometry_ = RollGeometry()
+        self._bg: QPixmap | None = None
+        self._bg_key: tuple | None = None
         self.setAttribute(Qt.WidgetAttribute.WA_OpaquePaintEvent)
         self.relayout()
 
@@ -49,24 +51,45 @@ class RollCanvas(QWidget):
             g = g.with_pitch_span(min(lo, g.pitch_lo), max(hi, g.pitch_hi))
         self.geometry_ = g
         w, h = g.size(max(self.model.bars, 4))
-        self.setFixedSize(max(int(w), view_w), max(int(h), view_h))
+        size = (max(int(w), view_w), max(int(h), view_h))
+        if size != (self.width(), self.height()):
+            self.setFixedSize(*size)
 
     def paintEvent(self, event) -> None:
+        """Cached background (grid + the user's notes), then generated notes and playhead.
+
+        Streaming repaints the roll many times a second; only the generated notes change, so
+        the rest is drawn once per view rectangle and blitted.
+        """
         g = self.geometry_
         clip = event.rect()
+        key = (clip.x(), clip.y(), clip.width(), clip.height(), g, self.model.user_version,
+               self.devicePixelRatioF())  # fmt: skip
+        if self._bg_key != key:
+            dpr = self.devicePixelRatioF()
+            pm = QPixmap(int(clip.width() * dpr), int(clip.height() * dpr))
+            pm.setDevicePixelRatio(dpr)
+            bp = QPainter(pm)
+            bp.translate(-clip.x(), -clip.y())
+            self._paint_background(bp, clip)
+            bp.end()
+            self._bg, self._bg_key = pm, key
         p = QPainter(self)
+        p.drawPixmap(clip.topLeft(), self._bg)
+        self._paint_generated(p, clip)
+        if self.model.playhead is not None:
+            p.setPen(QPen(PLAYHEAD, 2))
+            x = int(g.x(self.model.playhead))
+            p.drawLine(x, clip.top(), x, clip.bottom())
+        p.end()
+
+    def _paint_background(self, p: QPainter, clip) -> None:
+        g = self.geometry_
         p.fillRect(clip, BACKGROUND)
-        # key rows
         for pitch in range(g.pitch_lo, g.pitch_hi + 1):
             if pitch % 12 in BLACK_KEYS:
                 row = QRectF(clip.left(), g.y(pitch), clip.width(), g.px_per_key)
                 p.fillRect(row, BLACK_KEY_ROW)
-        # generated region shade
-        if self.model.bars > self.model.prompt_bars and self.model.generated_count():
-            x0 = g.x(self.model.prompt_bars * STEPS_PER_BAR)
-            p.fillRect(QRectF(x0, clip.top(), g.x(self.model.bars * STEPS_PER_BAR) - x0,
-                              clip.height()), QColor(255, 255, 255, 10))  # fmt: skip
-        # grid
         first = max(0, int(g.step_at(clip.left())) // STEPS_PER_BEAT * STEPS_PER_BEAT)
         last = int(g.step_at(clip.right())) + STEPS_PER_BEAT
         font = QFont(p.font())
@@ -81,35 +104,46 @@ class RollCanvas(QWidget):
             p.drawLine(int(x), clip.top(), int(x), clip.bottom())
             if bar_line:
                 p.drawText(int(x) + 3, clip.top() + 10, str(step // STEPS_PER_BAR + 1))
-        # octave labels
         p.setPen(QPen(QColor("#8a8d98")))
         for pitch in range(g.pitch_lo, g.pitch_hi + 1):
             if pitch % 12 == 0:
                 p.drawText(int(max(0, clip.left())) + 2, int(g.y(pitch) + g.px_per_key),
                            f"C{pitch // 12 - 1}")  # fmt: skip
-        # notes
         for rn in self.model.notes:
+            if rn.generated:
+                continue
             x, y, w, h = g.note_rect(rn.note)
             if x > clip.right() or x + w < clip.left():
                 continue
             color = QColor(track_color(rn.track))
             rect = QRectF(x, y, w, h)
-            if rn.generated:
-                p.fillRect(rect, color.lighter(135))
-                p.fillRect(rect, GENERATED_SHADE)
-                pen = QPen(QColor("#ffffff"), 1, Qt.PenStyle.DashLine)
-                p.setPen(pen)
-                p.drawRect(rect.adjusted(0.5, 0.5, -0.5, -0.5))
-            else:
-                p.fillRect(rect, color)
-                p.setPen(QPen(color.darker(160), 1))
-                p.drawRect(rect.adjusted(0.5, 0.5, -0.5, -0.5))
-        # playhead
-        if self.model.playhead is not None:
-            p.setPen(QPen(PLAYHEAD, 2))
-            x = int(g.x(self.model.playhead))
-            p.drawLine(x, clip.top(), x, clip.bottom())
-        p.end()
+            p.fillRect(rect, color)
+            p.setPen(QPen(color.darker(160), 1))
+            p.drawRect(rect.adjusted(0.5, 0.5, -0.5, -0.5))
+
+    def _paint_generated(self, p: QPainter, clip) -> None:
+        g = self.geometry_
+        m = self.model
+        if m.bars > m.prompt_bars and m.generated_count():
+            x0 = g.x(m.prompt_bars * STEPS_PER_BAR)
+            p.fillRect(QRectF(x0, clip.top(), g.x(m.bars * STEPS_PER_BAR) - x0, clip.height()),
+                       GENERATED_REGION)  # fmt: skip
+        outline = QPen(QColor("#ffffff"), 1, Qt.PenStyle.DashLine)
+        fills: dict[int, QColor] = {}
+        left, right = clip.left(), clip.right()
+        for rn in m.notes:
+            if not rn.generated:
+                continue
+            x, y, w, h = g.note_rect(rn.note)
+            if x > right or x + w < left:
+                continue
+            fill = fills.get(rn.track)
+            if fill is None:
+                fill = fills[rn.track] = QColor(track_color(rn.track)).lighter(150)
+            rect = QRectF(x, y, w, h)
+            p.fillRect(rect, fill)
+            p.setPen(outline)
+            p.drawRect(rect.adjusted(0.5, 0.5, -0.5, -0.5))
 
 
 class PianoRoll(QScrollArea):

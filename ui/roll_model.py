@@ -46,6 +46,7 @@ class RollModel:
     prompt_tracks: int = 0
     bars: int = 0
     playhead: float | None = None  # in steps; None = hidden
+    user_version: int = 0  # bumps whenever the user's notes change (the view caches them)
 
     def set_prompt(self, piece: Piece, names: list[str] | None = None) -> None:
         """Show ``piece`` as the user's music; forgets anything generated."""
@@ -53,6 +54,7 @@ class RollModel:
         self.notes = [RollNote(i, n, False) for i, t in enumerate(piece.tracks) for n in t.notes]
         self.prompt_bars = self.bars = piece.bars
         self.prompt_tracks = len(piece.tracks)
+        self.user_version += 1
 
     def clear_generated(self) -> None:
         self.notes = [n for n in self.notes if not n.generated]
