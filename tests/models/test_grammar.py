@@ -129,7 +129,7 @@ def test_check_bar_rejects_illegal_bars():
 
 @pytest.mark.parametrize("bad", ["H major", "C dorian", "C", "", "Cx major"])
 def test_bad_scales_name_the_allowed_forms(bad):
-    with pytest.raises(ValueError, match="major|tonic"):
+    with pytest.raises(ValueError, match=r"major|tonic"):
         parse_scale(bad)
 
 

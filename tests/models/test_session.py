@@ -34,7 +34,7 @@ def test_load_reads_the_folder(sess):
 
 def test_missing_shipped_model_says_what_to_do(monkeypatch, tmp_path):
     monkeypatch.setattr(session_mod, "default_model_dir", lambda: tmp_path)
-    with pytest.raises(ModelError, match="shipped model is missing.*--model"):
+    with pytest.raises(ModelError, match=r"shipped model is missing.*--model"):
         ModelSession.load(None)
 
 

@@ -1,0 +1,237 @@
+"""Generation speed: the ONNX engine vs Hugging Face ``generate()`` on the same prompts.
+
+Models: the shipped model (when present, or ``--model DIR``) and a seed-size (20M parameter,
+6x512, 2048 positions) random-weight export with int8 (made once into ``--seed-dir``).
+Prompts: the first bars of shared JS Fake Chorales. Per model:
+
+- ``ms_per_token``: wall time of the real tasks (4 bars in, continue 4 bars; add a bass
+  track over them) divided by the sampled tokens, everything included (prefills, grammar,
+  sampling, windows);
+- ``decode_ms_per_token``: one KV-cached step at a 500-token context (the model alone);
+- ``hf_ms_per_token`` and ``onnx_same_ms_per_token``: HF ``generate()`` (PyTorch, same dims,
+  KV cache, sampling) and our engine's cache loop on the same prompt ids and the same number
+  of new tokens, prefill included; ``speedup_vs_hf`` is their ratio;
+- ``time_to_first_note_ms``: from the call to the first streamed note, on a ~500-token prompt
+  (eight tracks of four bars, add a bass);
+- ``realtime_factor``: seconds of music at 120 BPM written per second of wall time.
+
+The last line is the JSON summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+CHORALES = Path(os.environ.get("BANDMATE_SHARED", "/work/shared")) / "data" / "jsfakes" / "midi"
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def prompts(config, n: int) -> list:
+    from bandmate.models.midi_io import MidiError, read_midi
+
+    files = sorted(CHORALES.glob("*.mid"))
+    out = []
+    for f in files:
+        try:
+            p = read_midi(f, config)
+        except MidiError:
+            continue
+        if p.bars >= 4 and len(p.tracks) == 4:
+            out.append(p.slice_bars(0, 4))
+        if len(out) == n:
+            break
+    if not out:
+        sys.exit(f"no chorale prompts under {CHORALES}")
+    return out
+
+
+def seed_model(folder: Path) -> Path:
+    if not (folder / "bandmate.json").is_file():
+        from bandmate.training.export import export_random
+
+        print(f"exporting the seed-size random model to {folder} ...", file=sys.stderr)
+        export_random(folder, n_layer=6, n_head=8, n_embd=512, n_positions=2048, int8=True)
+    return folder
+
+
+def engine_tasks(session, ps, seed: int) -> dict:
+    from bandmate.models import generate as G
+    from bandmate.models.sampler import SamplingConfig
+
+    tokens = 0
+    wall = 0.0
+    music_s = 0.0
+    first = []
+    for k, p in enumerate(ps):
+        for task in ("continue", "add"):
+            s = SamplingConfig(seed=seed + k)
+            t0 = time.perf_counter()
+            if task == "continue":
+                evs = G.stream_continue(session, p, 4, sampling=s)
+            else:
+                evs = G.stream_add_track(session, p, "bass", sampling=s)
+            done = None
+            for ev in evs:
+                if isinstance(ev, G.Done):
+                    done = ev
+            wall += time.perf_counter() - t0
+            tokens += done.stats["sampled_tokens"]
+            music_s += 4 * 2.0  # 4 bars at 120 BPM
+            if done.stats["first_note_s"] is not None:
+                first.append(done.stats["first_note_s"])
+    return {
+        "ms_per_token": 1000 * wall / max(tokens, 1),
+        "task_tokens": tokens,
+        "task_seconds": wall,
+        "realtime_factor": music_s / wall,
+        "task_first_note_ms": 1000 * float(np.median(first)) if first else None,
+    }
+
+
+def decode_step(session, ctx: int = 500, steps: int = 64) -> float:
+    rng = np.random.default_rng(0)
+    cache = session.new_cache(1)
+    cache.feed([rng.integers(10, 280, ctx).tolist()])
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        cache.feed([[int(rng.integers(10, 280))]])
+        times.append(time.perf_counter() - t0)
+    return 1000 * float(np.median(times[4:]))
+
+
+def ttfn(session, ps, seed: int) -> tuple[float, int]:
+    """Time to the first note on a ~500-token prompt (eight tracks, four bars, add a bass)."""
+    from dataclasses import replace
+
+    from bandmate.models import generate as G
+    from bandmate.models.codec import encode_piece
+    from bandmate.models.sampler import SamplingConfig
+
+    a, b = ps[0], ps[1 % len(ps)]
+    p = replace(a, tracks=a.tracks + b.tracks)
+    n_tok = len(encode_piece(p, session.config))
+    out = []
+    for k in range(3):
+        t0 = time.perf_counter()
+        for ev in G.stream_add_track(session, p, "bass", sampling=SamplingConfig(seed=seed + k)):
+            if isinstance(ev, G.NoteEvent):
+                out.append(time.perf_counter() - t0)
+                break
+    return 1000 * float(np.median(out)), n_tok
+
+
+def onnx_same(session, ids: np.ndarray, new: int, seed: int) -> float:
+    """Our cache loop on HF's terms: prefill + ``new`` sampled tokens, no grammar."""
+    from bandmate.models.sampler import SamplingConfig, row_rng, sample
+
+    cfg = SamplingConfig(top_p=1.0)
+    rng = row_rng(seed, 0)
+    mask = np.ones(session.vocab.size, bool)
+    t0 = time.perf_counter()
+    cache = session.new_cache(1)
+    lg = cache.feed([ids.tolist()])
+    for _ in range(new):
+        tok = sample(lg[0], mask, cfg, rng)
+        lg = cache.feed([[tok]])
+    return 1000 * (time.perf_counter() - t0) / new
+
+
+def hf_generate(meta: dict, ids: np.ndarray, new: int) -> float:
+    import torch
+    from bandmate.training.export import random_model
+
+    m = meta["model"]
+    model = random_model(m["vocab_size"], m["n_layer"], m["n_head"], m["n_embd"],
+                         m["n_positions"])
+    x = torch.from_numpy(ids[None].astype(np.int64))
+    kw = dict(max_new_tokens=new, min_new_tokens=new, do_sample=True, top_p=1.0, top_k=0,
+              pad_token_id=0, attention_mask=torch.ones_like(x))
+    with torch.no_grad():
+        model.generate(x, **{**kw, "max_new_tokens": 4, "min_new_tokens": 4})  # warm up
+        t0 = time.perf_counter()
+        model.generate(x, **kw)
+    return 1000 * (time.perf_counter() - t0) / new
+
+
+def bench_model(label: str, folder: Path, ps_all, n_prompts: int, new: int, seed: int) -> dict:
+    from bandmate.models.codec import encode_piece
+    from bandmate.models.session import ModelSession
+
+    session = ModelSession.load(folder)
+    ps = prompts(session.config, n_prompts) if ps_all is None else ps_all
+    res = {"model": session.name, "onnx": session.onnx_file, "provider": session.provider}
+    # Warm up (first runs allocate).
+    decode_step(session, ctx=64, steps=8)
+    res.update(engine_tasks(session, ps, seed))
+    res["decode_ms_per_token"] = decode_step(session)
+    res["time_to_first_note_ms"], res["ttfn_prompt_tokens"] = ttfn(session, ps, seed)
+    ids = encode_piece(ps[0], session.config)
+    res["onnx_same_ms_per_token"] = float(np.mean(
+        [onnx_same(session, ids, new, seed + k) for k in range(2)]))
+    res["hf_ms_per_token"] = hf_generate(session.meta, ids, new)
+    res["hf_prompt_tokens"], res["hf_new_tokens"] = len(ids), new
+    res["speedup_vs_hf"] = res["hf_ms_per_token"] / res["onnx_same_ms_per_token"]
+    print(f"{label}: {json.dumps(res)}", file=sys.stderr)
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, default=None, help="default: the shipped model")
+    ap.add_argument("--seed-dir", type=Path, default=Path("/tmp/bandmate-bench-seed20m"))
+    ap.add_argument("--prompts", type=int, default=3)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    import torch
+
+    torch.set_num_threads(min(os.cpu_count() or 1, 8))
+    from bandmate.models.session import default_model_dir
+
+    models = {}
+    shipped = args.model or default_model_dir()
+    if (shipped / "bandmate.json").is_file():
+        models["shipped"] = bench_model("shipped", shipped, None, args.prompts, args.new_tokens,
+                                        args.seed)
+    else:
+        print(f"no shipped model at {shipped}: benchmarking the seed-size model only",
+              file=sys.stderr)
+    models["seed_20m_random_int8"] = bench_model(
+        "seed", seed_model(args.seed_dir), None, args.prompts, args.new_tokens, args.seed
+    )
+    summary = {
+        "device": f"{os.cpu_count()}-core CPU ({cpu_name()})",
+        "torch_threads": torch.get_num_threads(),
+        **{k: v for k, v in models.items()},
+    }
+    line = json.dumps(summary)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(summary, indent=1) + "\n")
+    print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
