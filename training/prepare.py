@@ -250,48 +250,47 @@ def encode_segment(
     body_len = tb.offsets[tt, starts[ww] + bars] - body_start
     n_ids = len(tb.ids)
     inst = np.fromiter((vocab.inst_id(t.label) for t in seg.tracks), np.int64, n_tracks)
-    src = np.concatenate(
-        [tb.ids.astype(np.int64), [PIECE_START, TRACK_START, TRACK_END, DENSITY0], inst]
-    )
+    consts = np.array([PIECE_START, TRACK_START, TRACK_END, DENSITY0], np.int32)
+    src = np.concatenate([tb.ids.astype(np.int32, copy=False), consts, inst.astype(np.int32)])
     c_ps, c_ts, c_te, c_d, c_inst = n_ids, n_ids + 1, n_ids + 2, n_ids + 3, n_ids + 4
-    # Ranges of `src` per pair: TRACK_START, INST, [DENSITY], the bars, TRACK_END.
-    k = 5 if density else 4
+    # Ranges of `src` per pair: PIECE_START (length 1 only for a window's first pair),
+    # TRACK_START, INST, [DENSITY], the bars, TRACK_END.
+    k = 6 if density else 5
     body_col = k - 2
+    first = np.ones(n_pairs, bool)
+    first[1:] = ww[1:] != ww[:-1]
     rs = np.empty((n_pairs, k), np.int64)
     rl = np.ones((n_pairs, k), np.int64)
-    rs[:, 0] = c_ts
-    rs[:, 1] = c_inst + tt
+    rs[:, 0] = c_ps
+    rl[:, 0] = first
+    rs[:, 1] = c_ts
+    rs[:, 2] = c_inst + tt
     if density:
-        rs[:, 2] = c_d
+        rs[:, 3] = c_d
     rs[:, body_col] = body_start
     rl[:, body_col] = body_len
     rs[:, k - 1] = c_te
-    first_pair = np.searchsorted(ww, np.arange(n_win))
-    ins = first_pair * k
-    rs = np.insert(rs.ravel(), ins, c_ps)
-    rl = np.insert(rl.ravel(), ins, 1)
-    tokens = src[_ranges(rs, rl)]
-    pair_len = (k - 1) + body_len
-    lengths = 1 + np.add.reduceat(pair_len, first_pair)
-    sample_start = np.cumsum(lengths) - lengths
+    rl = rl.ravel()
+    tokens = src[_ranges(rs.ravel(), rl)]
+    first_pair = np.flatnonzero(first)
+    lengths = np.add.reduceat((k - 2) + body_len + first, first_pair)
     if density:
         range_pos = np.cumsum(rl) - rl
-        slot_pos = range_pos[np.arange(n_pairs) * k + 2 + ww + 1]
+        slot_pos = range_pos[np.arange(n_pairs) * k + 3]
         slot_count = counts[tt, ww]
     else:
         slot_pos = slot_count = np.zeros(0, np.int64)
     parts = [(tokens, lengths, slot_pos, slot_count)]
     if not shifts:
         return parts, n_win
-    is_drum = np.fromiter((t.is_drum for t in seg.tracks), bool, n_tracks)
-    pitched = ~is_drum
+    pitched = ~np.fromiter((t.is_drum for t in seg.tracks), bool, n_tracks)
     if not pitched.any():
         return parts, n_win  # drums are never transposed: every shift would be a copy
     # Which tokens move: NOTE_ON/NOTE_OFF of pitched tracks.
     range_pitched = np.zeros((n_pairs, k), bool)
     range_pitched[:, body_col] = pitched[tt]
-    range_pitched = np.insert(range_pitched.ravel(), ins, False)
-    movable = np.repeat(range_pitched, rl) & (tokens >= NOTE_ON0) & (tokens < _NOTE_END)
+    movable = np.repeat(range_pitched.ravel(), rl)
+    movable &= (tokens >= NOTE_ON0) & (tokens < _NOTE_END)
     # Pitch range of pitched tracks per window, from the per-bar token runs.
     ids = tb.ids
     is_on = (ids >= NOTE_ON0) & (ids < NOTE_OFF0)
@@ -302,19 +301,26 @@ def encode_segment(
     wmin = _window_min(pmin[pitched].min(axis=0), starts, bars, np.min)
     wmax = _window_min(pmax[pitched].max(axis=0), starts, bars, np.max)
     has_pitch = wmax >= 0
-    slot_win = ww
-    for s in shifts:
-        valid = has_pitch & (wmin + s >= 0) & (wmax + s <= 127)
-        if not valid.any():
+    sh = np.asarray(shifts, np.int64)
+    valid = has_pitch & (wmin + sh[:, None] >= 0) & (wmax + sh[:, None] <= 127)  # (shifts, win)
+    all_ok = valid.all(axis=1)
+    move16 = movable.astype(tokens.dtype)
+    sample_start = np.cumsum(lengths) - lengths
+    for i, s in enumerate(shifts):
+        v = valid[i]
+        if all_ok[i]:  # the common case: every window fits, one add
+            parts.append((tokens + s * move16, lengths, slot_pos, slot_count))
             continue
-        tmask = np.repeat(valid, lengths)
-        t2 = tokens[tmask] + s * movable[tmask]
-        l2 = lengths[valid]
+        if not v.any():
+            continue
+        tmask = np.repeat(v, lengths)
+        t2 = tokens[tmask] + s * move16[tmask]
+        l2 = lengths[v]
         if density:
             new_start = np.cumsum(l2) - l2
-            rank = np.cumsum(valid) - 1
-            sv = valid[slot_win]
-            sp2 = new_start[rank[slot_win[sv]]] + (slot_pos[sv] - sample_start[slot_win[sv]])
+            rank = np.cumsum(v) - 1
+            sv = v[ww]
+            sp2 = new_start[rank[ww[sv]]] + (slot_pos[sv] - sample_start[ww[sv]])
             sc2 = slot_count[sv]
         else:
             sp2 = sc2 = slot_pos
@@ -424,6 +430,7 @@ def list_sources(sources: Sequence[str]) -> list[SourceFile]:
         if not p.is_dir():
             raise PrepareError(f"{src}: no such file or folder")
         found = []
+        base = os.path.abspath(p)
         for dirpath, dirnames, filenames in os.walk(p):
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             for fn in filenames:
@@ -431,8 +438,7 @@ def list_sources(sources: Sequence[str]) -> list[SourceFile]:
                     rel = Path(dirpath, fn).relative_to(p).as_posix()
                     found.append(rel)
         for rel in sorted(found):
-            full = p / rel
-            out.append(SourceFile(str(full), str(full.resolve()), f"{si}/{rel}"))
+            out.append(SourceFile(str(p / rel), os.path.join(base, rel), f"{si}/{rel}"))
     return out
 
 
@@ -478,6 +484,14 @@ class FileResult:
     split: str
     reason: str | None
     enc: Encoded
+    labels: dict[str, int] = field(default_factory=dict)  # INST label -> tracks in samples
+
+
+def label_counts(tokens: np.ndarray, vocab: Vocab) -> dict[str, int]:
+    """How many tracks of each INST label the samples hold (done in the workers)."""
+    t = tokens[tokens >= vocab.inst0].astype(np.int64) - vocab.inst0
+    c = np.bincount(t, minlength=len(vocab.labels))
+    return {vocab.labels[i]: int(c[i]) for i in np.flatnonzero(c)}
 
 
 def process_file(f: SourceFile, cfg: PrepareConfig) -> FileResult:
@@ -499,7 +513,8 @@ def process_file(f: SourceFile, cfg: PrepareConfig) -> FileResult:
     except Exception as e:  # a bug or a parser failure on odd data: skip, never stop the batch
         enc = _empty()
         reason = f"unexpected error ({type(e).__name__}: {e}); please report this file"
-    return FileResult(f.path, digest.hex(), split, reason, enc)
+    labels = label_counts(enc.tokens, _codec_vocab(cfg)[1]) if reason is None else {}
+    return FileResult(f.path, digest.hex(), split, reason, enc, labels)
 
 
 def _chunk_path(work: Path, c: int) -> Path:
@@ -529,6 +544,7 @@ def write_chunk(path: Path, results: list[FileResult]) -> dict:
             "orig_samples": r.enc.n_orig,
             "tokens": len(r.enc.tokens),
             "orig_tokens": r.enc.orig_tokens,
+            "labels": r.labels,
         }
         for r in results
     ]
@@ -679,7 +695,7 @@ def _run_chunks(
         broken = False
         try:
             while queue or running:
-                while queue and len(running) < workers and not broken:
+                while queue and len(running) < 2 * workers and not broken:
                     t = queue.pop(0)
                     running[ex.submit(run_chunk, t)] = t
                 if not running:
@@ -774,7 +790,7 @@ def _merge(
     else:
         text = {s: open(tmp_name(out / f"{s}.txt"), "w", encoding="ascii") for s in SPLITS}  # noqa: SIM115
     counts = {s: {"samples": 0, "tokens": 0} for s in SPLITS}
-    label_hist = np.zeros(vocab.size, np.int64)
+    label_total: dict[str, int] = {}
     try:
         for c in range(n_chunks):
             z = _load_chunk(_chunk_path(work, c))
@@ -785,14 +801,20 @@ def _merge(
                 tokens[z["slot_pos"]] = DENSITY0 + b
             per_file = np.array([m["samples"] for m in meta], np.int64)
             kf = keep[c]
+            for m, k in zip(meta, kf, strict=True):
+                if k:
+                    for lab, n in m["labels"].items():
+                        label_total[lab] = label_total.get(lab, 0) + n
             for split in SPLITS:
                 fsel = kf & np.array([m["split"] == split for m in meta], bool)
-                ssel = np.repeat(fsel, per_file)
-                if not ssel.any():
+                if not fsel.any():
                     continue
-                lens = lengths[ssel]
-                toks = tokens[np.repeat(ssel, lengths)]
-                label_hist += np.bincount(toks, minlength=vocab.size)[: vocab.size]
+                if fsel.all():
+                    lens, toks = lengths, tokens
+                else:
+                    ssel = np.repeat(fsel, per_file)
+                    lens = lengths[ssel]
+                    toks = tokens[np.repeat(ssel, lengths)]
                 counts[split]["samples"] += len(lens)
                 counts[split]["tokens"] += len(toks)
                 if writers:
@@ -819,9 +841,9 @@ def _merge(
     atomic_write_bytes(
         out / "tokenizer.json", (json.dumps(vocab.tokenizer_json(), indent=1) + "\n").encode()
     )
-    inst = label_hist[vocab.inst0 :]
-    order = np.argsort(-inst, kind="stable")
-    labels_seen = {vocab.labels[i]: int(inst[i]) for i in order if inst[i] > 0}
+    # Most frequent first; ties in vocabulary order.
+    rank = {lab: i for i, lab in enumerate(vocab.labels)}
+    labels_seen = dict(sorted(label_total.items(), key=lambda kv: (-kv[1], rank[kv[0]])))
     files_ok = sum(int(k.sum()) for k in keep)
     cfg_json = cfg.to_json()
     manifest = {

@@ -102,7 +102,11 @@ class ShardWriter:
         lengths = np.asarray(lengths, np.int64)
         if int(lengths.sum()) != len(tokens):
             raise ValueError("lengths must add up to len(tokens)")
-        if len(tokens) and (tokens.min() < 0 or tokens.max() > 0xFFFF):
+        if (
+            tokens.dtype != np.uint16
+            and len(tokens)
+            and (tokens.min() < 0 or tokens.max() > 0xFFFF)
+        ):
             raise ValueError("token ids must fit in uint16")
         if (lengths <= 0).any():
             raise ValueError("every sample needs at least one token")
@@ -126,7 +130,7 @@ class ShardWriter:
             lens = lengths[i:j]
             offs = self._fill + np.concatenate([[0], np.cumsum(lens)[:-1]])
             self._index.append(np.stack([np.full(j - i, self._k), offs, lens], axis=1))
-            self._f.write(seg.tobytes())
+            self._f.write(memoryview(np.ascontiguousarray(seg)))
             self._fill += len(seg)
             self.samples += j - i
             self.tokens += len(seg)
