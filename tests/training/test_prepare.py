@@ -395,3 +395,33 @@ def test_torn_work_unit_is_redone(corpus, tmp_path, monkeypatch):
     assert P.read_chunk(chunks[1]) is None and P.read_chunk(chunks[2]) is None
     assert run_cli(*argv) == 0
     assert read_tree(tmp_path / "o") == read_tree(tmp_path / "ref")
+
+
+def _waltz(path: Path) -> None:
+    import mido
+
+    mid = mido.MidiFile(type=1, ticks_per_beat=96)
+    tr = mido.MidiTrack()
+    tr.append(mido.MetaMessage("time_signature", numerator=3, denominator=4, time=0))
+    for i in range(8 * 3):
+        tr.append(mido.Message("note_on", note=60 + i % 12, velocity=70, time=0))
+        tr.append(mido.Message("note_off", note=60 + i % 12, velocity=0, time=96))
+    mid.tracks.append(tr)
+    mid.save(path)
+
+
+def test_meter_assume_44_reads_files_whose_signature_lies(tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    _waltz(src / "waltz.mid")
+    assert run_cli(src, "-o", tmp_path / "strict", "--workers", 1) == 0
+    m = json.loads((tmp_path / "strict" / "manifest.json").read_text())
+    assert m["files_ok"] == 0 and "4/4" in m["skipped"][0]["reason"]
+    assert run_cli(src, "-o", tmp_path / "free", "--meter", "assume-4/4", "--workers", 1) == 0
+    m = json.loads((tmp_path / "free" / "manifest.json").read_text())
+    assert m["files_ok"] == 1 and m["samples"]["train"] + m["samples"]["val"] > 0
+    capsys.readouterr()
+    out = tmp_path / "bar"
+    assert main(["prepare", str(src), "-o", str(out), "--progress", "on", "--workers", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "prepare" in err and "1/1" in err and "skipped" in err
