@@ -993,6 +993,9 @@ def prepare(
             bar.close()
     manifest = _merge(out, work, n_chunks, cfg, len(files), chash)
     shutil.rmtree(work, ignore_errors=True)
+    for split in SPLITS:
+        if not manifest["samples"][split] and (split == "train" or cfg.val_fraction > 0):
+            log.warning("no %s samples were written: see the skipped files in the manifest", split)
     log.info(
         "prepared %d files (%d ok, %d skipped, %d duplicates): train %d samples / %d tokens, "
         "val %d samples / %d tokens in %.1f s",

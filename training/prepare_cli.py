@@ -139,4 +139,11 @@ def run(args: argparse.Namespace) -> int:
     except PrepareError as e:
         print(f"bandmate prepare: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # disk full, permissions: the finished work units are kept
+        print(
+            f"bandmate prepare: {e}. Fix this, then run the same command again: "
+            "it resumes where it stopped.",
+            file=sys.stderr,
+        )
+        return 1
     return 0

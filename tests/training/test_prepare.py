@@ -425,3 +425,29 @@ def test_meter_assume_44_reads_files_whose_signature_lies(tmp_path, capsys):
     assert main(["prepare", str(src), "-o", str(out), "--progress", "on", "--workers", "1"]) == 0
     err = capsys.readouterr().err
     assert "prepare" in err and "1/1" in err and "skipped" in err
+
+
+def test_spawned_workers_give_the_same_bytes(corpus, tmp_path, monkeypatch):
+    """Nothing relies on state inherited by fork: spawn (macOS, Windows) gives the same bytes."""
+    import multiprocessing as mp
+
+    from bandmate.training import prepare as P
+
+    src, _ = corpus
+    assert run_cli(src, "-o", tmp_path / "fork", "--workers", 2) == 0
+    monkeypatch.setattr(P, "_mp_context", lambda: mp.get_context("spawn"))
+    assert run_cli(src, "-o", tmp_path / "spawn", "--workers", 2) == 0
+    assert read_tree(tmp_path / "fork") == read_tree(tmp_path / "spawn")
+
+
+def test_empty_and_all_bad_corpora(tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert run_cli(tmp_path / "empty", "-o", tmp_path / "o1", "--workers", 1) == 0
+    m = json.loads((tmp_path / "o1" / "manifest.json").read_text())
+    assert m["files_total"] == 0 and m["samples"] == {"train": 0, "val": 0}
+    assert len(open_split(tmp_path / "o1", "train")) == 0
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.mid").write_bytes(b"MThd nope")
+    assert run_cli(tmp_path / "bad", "-o", tmp_path / "o2", "--workers", 1) == 0
+    m = json.loads((tmp_path / "o2" / "manifest.json").read_text())
+    assert m["files_skipped"] == 1 and m["files_ok"] == 0
