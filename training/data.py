@@ -130,6 +130,20 @@ class PackedEpochs:
         """Full optimizer steps per epoch (the incomplete last batch is dropped)."""
         return len(self.blocks(0)) // self.per_step
 
+    def step_targets(self, epoch: int, step_in_epoch: int) -> int:
+        """Target tokens of one whole step over all ranks, from the index alone.
+
+        Every rank knows it without communication (no all-reduce, no device sync), so the
+        loss can be normalised by the global count in a data-parallel run.
+        """
+        blocks = self.blocks(epoch)
+        start = step_in_epoch * self.per_step
+        n = 0
+        for b in blocks[start : start + self.per_step]:
+            real = min(int(np.minimum(self.lengths[b], self.block).sum()), self.block)
+            n += real - 1  # the first token of a block is never a target
+        return n
+
     def step_batches(self, epoch: int, step_in_epoch: int) -> list[tuple[np.ndarray, list]]:
         """This rank's micro-batches for one optimizer step: (ids [micro, block], sample ids)."""
         blocks = self.blocks(epoch)

@@ -409,7 +409,7 @@ def train(
             return contextlib.nullcontext()
         return torch.autocast(dist.device.type, dtype=amp_dtype)
 
-    def loss_sum(ids: torch.Tensor) -> tuple[torch.Tensor, int]:
+    def loss_sum(ids: torch.Tensor) -> torch.Tensor:
         labels = torch.where(ids == 0, D.IGNORE, ids)[:, 1:]
         with autocast():
             logits = fwd_model(input_ids=ids).logits[:, :-1]
@@ -419,7 +419,7 @@ def train(
             ignore_index=D.IGNORE,
             reduction="sum",
         )
-        return loss, int((labels != D.IGNORE).sum())
+        return loss
 
     def to_dev(a: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(a)
@@ -432,8 +432,8 @@ def train(
         tot = cnt = 0.0
         for k in range(n_steps):
             ((ids, _),) = val_packed.step_batches(0, k)
-            ls, n = loss_sum(to_dev(ids))
-            tot, cnt = tot + float(ls), cnt + n
+            ls = loss_sum(to_dev(ids))
+            tot, cnt = tot + float(ls), cnt + int((ids[:, 1:] != 0).sum())
         tot, cnt = dist.all_sum(tot, cnt)
         fwd_model.train()
         return tot / max(cnt, 1)
@@ -498,18 +498,18 @@ def train(
             with timers("data"):
                 batches = packed.step_batches(epoch, k)
                 tensors = [to_dev(ids) for ids, _ in batches]
-                n_local = sum(int((t[:, 1:] != 0).sum()) for t in tensors)
-                n_global = dist.all_sum(float(n_local))[0]
+                n_local = sum(int((ids[:, 1:] != 0).sum()) for ids, _ in batches)
+                n_global = packed.step_targets(epoch, k)
             with timers("compute"):
-                step_loss = 0.0
+                step_loss = torch.zeros((), device=dist.device)
                 for j, ids in enumerate(tensors):
                     sync = j == len(tensors) - 1 or dist.world == 1
                     ctx = contextlib.nullcontext() if sync else fwd_model.no_sync()
                     with ctx:
-                        ls, _ = loss_sum(ids)
+                        ls = loss_sum(ids)
                         loss = ls * (dist.world / n_global)
                         (scaler.scale(loss) if scaler else loss).backward()
-                    step_loss += float(ls.detach())
+                    step_loss += ls.detach()  # stays on the device: no sync per step
                 if scaler:
                     scaler.unscale_(opt)
                 gnorm = (
@@ -528,10 +528,8 @@ def train(
             state["real_tokens_seen"] += int(n_global)
             window["tokens"] += tokens_per_step
             window["steps"] += 1
-            window["loss"] += step_loss
+            window["loss"] = window["loss"] + step_loss
             window["n"] += n_local
-            if not math.isfinite(step_loss):
-                raise FloatingPointError(f"loss is {step_loss} at step {step}: lower --lr")
             if pbar:
                 pbar.update(1)
 
@@ -541,7 +539,12 @@ def train(
                         torch.cuda.synchronize()
                     now = time.perf_counter()
                     dt = now - window["t"]
-                    tot_loss, tot_n = dist.all_sum(window["loss"], window["n"])
+                    tot_loss, tot_n = dist.all_sum(float(window["loss"]), window["n"])
+                    if not math.isfinite(tot_loss):
+                        raise FloatingPointError(
+                            f"loss is {tot_loss} before step {state['step']}: lower --lr "
+                            "(or use bf16/fp32 if fp16 overflows)"
+                        )
                     tps = window["tokens"] / dt
                     rec = {
                         "event": "train",
@@ -580,6 +583,15 @@ def train(
             )
             flag = float(stop["signal"] is not None or over_time)  # ranks agree on stopping
             stopped = (dist.all_sum(flag)[0] if dist.world > 1 else flag) > 0
+            if stopped and not (state["step"] % cfg.eval_every == 0 or done):
+                with timers("eval"):  # the checkpoint's val loss must be its own
+                    state["val_loss"] = evaluate()
+                if dist.main:
+                    _log_line(
+                        run,
+                        writer,
+                        {"event": "val", "step": state["step"], "val_loss": state["val_loss"]},
+                    )
             if state["step"] % cfg.save_every == 0 or done or stopped:
                 with timers("checkpoint"):
                     if dist.main:

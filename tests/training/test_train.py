@@ -57,6 +57,18 @@ def test_blocks_start_with_piece_start_and_pad_is_never_a_label(data_dir):
     np.testing.assert_array_equal(ids[0, : len(want)], want)
 
 
+def test_step_targets_counts_every_non_pad_label_of_all_ranks(data_dir):
+    split = D.open_data(data_dir, "train")
+    ranks = [D.PackedEpochs(split, 128, micro=2, accum=2, world=2, rank=r, seed=5) for r in (0, 1)]
+    for step in range(3):
+        want = sum(
+            int((D.labels_for(ids)[:, 1:] != D.IGNORE).sum())
+            for p in ranks
+            for ids, _ in p.step_batches(1, step)
+        )
+        assert ranks[0].step_targets(1, step) == ranks[1].step_targets(1, step) == want
+
+
 def test_data_order_is_deterministic_and_ranks_partition_a_step(data_dir):
     split = D.open_data(data_dir, "train")
     one = D.PackedEpochs(split, 128, micro=2, accum=1, world=2, rank=0, seed=3)
