@@ -451,3 +451,24 @@ def test_empty_and_all_bad_corpora(tmp_path):
     assert run_cli(tmp_path / "bad", "-o", tmp_path / "o2", "--workers", 1) == 0
     m = json.loads((tmp_path / "o2" / "manifest.json").read_text())
     assert m["files_skipped"] == 1 and m["files_ok"] == 0
+
+
+def test_mutated_files_never_stop_the_batch(tmp_path):
+    """Truncations and byte flips of real files: each is prepared or skipped with a reason."""
+    rng = random.Random(7)
+    good = [p.read_bytes() for p in CHORALES]
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(40):
+        data = bytearray(good[i % 2])
+        if i % 2:
+            data = data[: rng.randrange(14, len(data))]
+        else:
+            for _ in range(rng.randrange(1, 30)):
+                data[rng.randrange(14, len(data))] = rng.randrange(256)
+        (src / f"m{i:02d}.mid").write_bytes(bytes(data))
+    assert run_cli(src, "-o", tmp_path / "o", "--workers", 2, "--chunk-files", 4) == 0
+    m = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert m["files_ok"] + m["files_skipped"] + m["duplicates"] == 40
+    assert all(s["reason"] for s in m["skipped"])
+    assert not any("unexpected error" in s["reason"] for s in m["skipped"]), m["skipped"]
