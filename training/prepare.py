@@ -54,8 +54,11 @@ from bandmate.models.vocab import (
 from bandmate.training.shards import (
     DEFAULT_SHARD_TOKENS,
     SPLITS,
-    ShardWriter,
+    atomic_save_npy,
     atomic_write_bytes,
+    index_path,
+    plan_shards,
+    shard_path,
     tmp_name,
 )
 
@@ -578,7 +581,7 @@ def write_chunk(path: Path, results: list[FileResult]) -> dict:
 def read_chunk(path: Path, arrays: bool = True) -> dict | None:
     """A work unit written by `write_chunk`, or None when the file is torn or foreign.
 
-    ``arrays=False`` reads only the header and the DENSITY slots (the merge's first pass).
+    ``arrays=False`` skips the tokens (the merge's first pass).
     """
     try:
         with open(path, "rb") as fh:
@@ -593,7 +596,7 @@ def read_chunk(path: Path, arrays: bool = True) -> dict | None:
                 return None
             out: dict = {"meta": head["files"]}
             for (name, dt), size in zip(_ARRAYS, sizes, strict=True):
-                if arrays or name in ("slot_pos", "slot_count"):
+                if arrays or name != "tokens":
                     out[name] = np.frombuffer(bytearray(fh.read(size)), dt)
                 else:
                     fh.seek(size, os.SEEK_CUR)
@@ -731,8 +734,149 @@ def _load_chunk(path: Path, arrays: bool = True) -> dict:
     return z
 
 
+def _sample_mask(meta: list[dict], keep: np.ndarray, split: str) -> np.ndarray:
+    """Per sample of a work unit: does it go to `split` (kept file of that split)?"""
+    fsel = keep & np.array([m["split"] == split for m in meta], bool)
+    return np.repeat(fsel, np.array([m["samples"] for m in meta], np.int64))
+
+
+def _unit_split_tokens(
+    z: dict, keep: np.ndarray, edges: Sequence[float], split: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """A work unit's tokens (DENSITY filled) and sample lengths for one split."""
+    tokens, lengths = z["tokens"], z["lengths"]
+    if len(edges) or len(z["slot_pos"]):
+        b = np.searchsorted(np.asarray(edges, np.float64), z["slot_count"], side="left")
+        tokens[z["slot_pos"]] = DENSITY0 + b
+    ssel = _sample_mask(z["meta"], keep, split)
+    if ssel.all():
+        return tokens, lengths
+    return tokens[np.repeat(ssel, lengths)], lengths[ssel]
+
+
+def write_unit_rows(task: tuple) -> int:
+    """Worker of the merge: write one work unit's samples to their places in the shards.
+
+    The parent planned every sample's (shard, offset) with `plan_shards`, so units write
+    in parallel, in any order, with positioned writes into pre-sized files.
+    """
+    path, keep, edges, rows_by_split = task
+    z = read_chunk(Path(path))
+    if z is None:
+        raise PrepareError(f"{path} is damaged: run the same command again to redo it")
+    written = 0
+    for split, (rows, shard_files) in rows_by_split.items():
+        toks, lens = _unit_split_tokens(z, np.asarray(keep, bool), edges, split)
+        if len(lens) != len(rows) or not np.array_equal(lens, rows[:, 2]):
+            raise RuntimeError(f"{path}: samples do not match the plan")
+        toks = np.ascontiguousarray(toks, np.uint16)
+        start = np.cumsum(lens) - lens
+        for k in np.unique(rows[:, 0]):
+            sel = np.flatnonzero(rows[:, 0] == k)
+            a, b = int(start[sel[0]]), int(start[sel[-1]] + lens[sel[-1]])
+            fd = os.open(shard_files[int(k)], os.O_WRONLY)
+            try:
+                os.pwrite(fd, memoryview(toks[a:b]).cast("B"), int(rows[sel[0], 1]) * 2)
+            finally:
+                os.close(fd)
+            written += b - a
+    return written
+
+
+def _write_shards(
+    out: Path,
+    work: Path,
+    n_chunks: int,
+    cfg: PrepareConfig,
+    keep: list[np.ndarray],
+    edges: Sequence[float],
+    split_lens: dict[str, list[np.ndarray]],
+    workers: int,
+) -> None:
+    tag = f".tmp{os.getpid()}"
+    tasks = []
+    plans = {}
+    for split in SPLITS:
+        lens = np.concatenate([np.zeros(0, np.int64), *split_lens[split]])
+        idx = plan_shards(lens, cfg.shard_tokens)
+        n_shards = int(idx[:, 0].max()) + 1 if len(idx) else 0
+        files = [str(shard_path(out, split, k)) + tag for k in range(n_shards)]
+        for k, f in enumerate(files):
+            with open(f, "wb") as fh:
+                fh.truncate(int(idx[idx[:, 0] == k, 2].sum()) * 2)
+        plans[split] = (idx, files)
+    first = {s: 0 for s in SPLITS}
+    for c in range(n_chunks):
+        rows_by_split = {}
+        for split in SPLITS:
+            n = len(split_lens[split][c])
+            if n:
+                idx, files = plans[split]
+                rows_by_split[split] = (idx[first[split] : first[split] + n], files)
+                first[split] += n
+        if rows_by_split:
+            tasks.append((str(_chunk_path(work, c)), keep[c].tolist(), tuple(edges), rows_by_split))
+    if workers > 1 and len(tasks) > 1:
+        with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=_mp_context()) as ex:
+            list(ex.map(write_unit_rows, tasks))
+    else:
+        for t in tasks:
+            write_unit_rows(t)
+    for split in SPLITS:
+        idx, files = plans[split]
+        for k, f in enumerate(files):
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(f, shard_path(out, split, k))
+        atomic_save_npy(index_path(out, split), idx)
+
+
+def _write_text(
+    out: Path,
+    work: Path,
+    n_chunks: int,
+    keep: list[np.ndarray],
+    edges: Sequence[float],
+    vocab: Vocab,
+) -> None:
+    """One sample per line, token names separated by spaces (for inspection and other tools)."""
+    tok_strings = np.asarray(vocab.tokens, dtype=object)
+    text = {s: open(tmp_name(out / f"{s}.txt"), "w", encoding="ascii") for s in SPLITS}  # noqa: SIM115
+    try:
+        for c in range(n_chunks):
+            z = _load_chunk(_chunk_path(work, c))
+            for split in SPLITS:
+                toks, lens = _unit_split_tokens(z, keep[c], edges, split)
+                if not len(lens):
+                    continue
+                parts = np.empty(2 * len(toks), dtype=object)
+                parts[0::2] = tok_strings[toks]
+                sep = np.full(len(toks), " ", dtype=object)
+                sep[np.cumsum(lens) - 1] = "\n"
+                parts[1::2] = sep
+                text[split].write("".join(parts.tolist()))
+        for split, fh in text.items():
+            fh.flush()
+            os.fsync(fh.fileno())
+            fh.close()
+            os.replace(tmp_name(out / f"{split}.txt"), out / f"{split}.txt")
+    finally:
+        for fh in text.values():
+            if not fh.closed:
+                fh.close()
+
+
 def _merge(
-    out: Path, work: Path, n_chunks: int, cfg: PrepareConfig, files_total: int, chash: str
+    out: Path,
+    work: Path,
+    n_chunks: int,
+    cfg: PrepareConfig,
+    files_total: int,
+    chash: str,
+    workers: int = 1,
 ) -> dict:
     """Dedup, split, density edges, shards/text, tokenizer and manifest, from .work."""
     for p in out.glob("*.tmp*"):
@@ -745,9 +889,13 @@ def _merge(
     dup_list: list[dict] = []
     hist = np.zeros(1, np.int64)
     want_edges = cfg.density_bins > 1 and not cfg.density_edges
+    metas: list[list[dict]] = []
+    chunk_lengths: list[np.ndarray] = []
     for c in range(n_chunks):
         z = _load_chunk(_chunk_path(work, c), arrays=False)
         meta = z["meta"]
+        metas.append(meta)
+        chunk_lengths.append(z["lengths"])
         k = np.zeros(len(meta), bool)
         for i, m in enumerate(meta):
             h = m["hash"]
@@ -779,64 +927,30 @@ def _merge(
         edges = density_edges_from_hist(hist, cfg.density_bins) if cfg.density_bins else ()
     codec = cfg.codec(edges)
     vocab = codec.vocab
-    edge_arr = np.asarray(edges, np.float64)
 
-    # Pass 2: fill DENSITY slots, route samples to their split, write.
-    writers: dict[str, ShardWriter] = {}
-    text: dict[str, object] = {}
-    tok_strings = np.asarray(vocab.tokens, dtype=object)
-    if cfg.format == "bin":
-        writers = {s: ShardWriter(out, s, cfg.shard_tokens) for s in SPLITS}
-    else:
-        text = {s: open(tmp_name(out / f"{s}.txt"), "w", encoding="ascii") for s in SPLITS}  # noqa: SIM115
-    counts = {s: {"samples": 0, "tokens": 0} for s in SPLITS}
+    # Labels and per-split sample lengths, from the headers and length arrays.
     label_total: dict[str, int] = {}
-    try:
-        for c in range(n_chunks):
-            z = _load_chunk(_chunk_path(work, c))
-            meta = z["meta"]
-            tokens, lengths = z["tokens"], z["lengths"]
-            if cfg.density_bins and len(z["slot_pos"]):
-                b = np.searchsorted(edge_arr, z["slot_count"], side="left")
-                tokens[z["slot_pos"]] = DENSITY0 + b
-            per_file = np.array([m["samples"] for m in meta], np.int64)
-            kf = keep[c]
-            for m, k in zip(meta, kf, strict=True):
-                if k:
-                    for lab, n in m["labels"].items():
-                        label_total[lab] = label_total.get(lab, 0) + n
-            for split in SPLITS:
-                fsel = kf & np.array([m["split"] == split for m in meta], bool)
-                if not fsel.any():
-                    continue
-                if fsel.all():
-                    lens, toks = lengths, tokens
-                else:
-                    ssel = np.repeat(fsel, per_file)
-                    lens = lengths[ssel]
-                    toks = tokens[np.repeat(ssel, lengths)]
-                counts[split]["samples"] += len(lens)
-                counts[split]["tokens"] += len(toks)
-                if writers:
-                    writers[split].add(toks, lens)
-                else:
-                    parts = np.empty(2 * len(toks), dtype=object)
-                    parts[0::2] = tok_strings[toks]
-                    sep = np.full(len(toks), " ", dtype=object)
-                    sep[np.cumsum(lens) - 1] = "\n"
-                    parts[1::2] = sep
-                    text[split].write("".join(parts.tolist()))
-        for w in writers.values():
-            w.close()
-        for split, fh in text.items():
-            fh.flush()
-            os.fsync(fh.fileno())
-            fh.close()
-            os.replace(tmp_name(out / f"{split}.txt"), out / f"{split}.txt")
-    finally:
-        for fh in text.values():
-            if not fh.closed:
-                fh.close()
+    split_lens: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
+    for c in range(n_chunks):
+        meta, lengths = metas[c], chunk_lengths[c]
+        for m, k in zip(meta, keep[c], strict=True):
+            if k:
+                for lab, n in m["labels"].items():
+                    label_total[lab] = label_total.get(lab, 0) + n
+        for split in SPLITS:
+            split_lens[split].append(lengths[_sample_mask(meta, keep[c], split)])
+    counts = {
+        s: {
+            "samples": sum(len(x) for x in split_lens[s]),
+            "tokens": int(sum(int(x.sum()) for x in split_lens[s])),
+        }
+        for s in SPLITS
+    }
+    # Pass 2: fill DENSITY slots, route samples to their split, write.
+    if cfg.format == "bin":
+        _write_shards(out, work, n_chunks, cfg, keep, edges, split_lens, workers)
+    else:
+        _write_text(out, work, n_chunks, keep, edges, vocab)
 
     atomic_write_bytes(
         out / "tokenizer.json", (json.dumps(vocab.tokenizer_json(), indent=1) + "\n").encode()
@@ -991,7 +1105,7 @@ def prepare(
     finally:
         if bar is not None:
             bar.close()
-    manifest = _merge(out, work, n_chunks, cfg, len(files), chash)
+    manifest = _merge(out, work, n_chunks, cfg, len(files), chash, workers)
     shutil.rmtree(work, ignore_errors=True)
     for split in SPLITS:
         if not manifest["samples"][split] and (split == "train" or cfg.val_fraction > 0):
