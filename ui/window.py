@@ -148,6 +148,7 @@ class MainWindow(QMainWindow):
         self.bridge: Any = None
         self.live: LivePlayback | None = None
         self.last_stall_ms: float | None = None
+        self.busy = False  # a job is running (from the click until its result is shown)
         self.seed: int | None = None  # fixed seed for reproducible takes (tests, screenshots)
         self.stall = StallMeter(parent=self)
         self._roll_follow_step = 0
@@ -616,7 +617,7 @@ class MainWindow(QMainWindow):
 
     def generate(self, kind: str) -> bool:
         """Start Continue or Add track on a worker; False (with a message) when it cannot."""
-        if self.worker is not None and self.worker.is_running():
+        if self.busy:
             return False
         if self.session is None:
             self.messages.error(
@@ -669,6 +670,7 @@ class MainWindow(QMainWindow):
         self.cancel_btn.show()
         self._job_t0 = time.perf_counter()
         self.stall.start()
+        self.busy = True
         self.worker.start()
         log.info("%s: %s on %d bars", kind, spec, prompt.bars)
         self._update_buttons()
@@ -711,6 +713,7 @@ class MainWindow(QMainWindow):
 
     def _finish_job(self) -> None:
         self.last_stall_ms = self.stall.stop()
+        self.busy = False
         self.repaint_timer.stop()
         self.progress.hide()
         self.cancel_btn.hide()
@@ -883,7 +886,7 @@ class MainWindow(QMainWindow):
             self.roll.canvas.update()
 
     def _update_buttons(self) -> None:
-        busy = self.worker is not None and self.worker.is_running()
+        busy = self.busy
         have = self.prompt is not None or self.bridge is not None
         ready = self.session is not None and not busy
         self.continue_btn.setEnabled(ready and have)

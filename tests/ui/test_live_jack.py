@@ -60,6 +60,8 @@ def test_live_continue_from_next_bar_line_then_stop(
             return st.running and st.tick_at(time.perf_counter_ns()) >= 4 * 96 + 6
 
         qtbot.waitUntil(in_bar_4, timeout=20_000)
+        st = w.bridge.clock.state()
+        bar_at_click = int(st.tick_at(time.perf_counter_ns()) // 96)
         with qtbot.waitSignal(w.job_finished, timeout=60_000) as blocker:
             w.continue_btn.click()
             assert w.live is not None, "Continue did not use the live capture"
@@ -71,8 +73,11 @@ def test_live_continue_from_next_bar_line_then_stop(
         assert captured.bars == 4 and [t.channel for t in captured.tracks] == [0, 1, 2, 3]
         assert [len(t.notes) for t in captured.tracks] == [len(t.notes) for t in prompt.tracks]
         placer = w.live.placer
-        assert placer.target_bar == 5  # the next bar line after the click
-        assert placer.anchor_bar == placer.target_bar  # the tiny model is ready in time
+        # the next bar line after the click (120 ms lead: the one after if the click was
+        # in the last 120 ms of a bar); a later one only if the first bar was not ready in
+        # time, which a loaded machine can cause (logged by the app)
+        assert placer.target_bar - bar_at_click in (1, 2)
+        assert placer.target_bar <= placer.anchor_bar <= placer.target_bar + 1
         take = result.takes[0]
         expected = {
             (channel_for_track(captured, i), n.pitch, placer.origin_step + n.start)
