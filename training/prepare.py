@@ -252,9 +252,10 @@ def encode_segment(
     body_start = tb.offsets[tt, starts[ww]]
     body_len = tb.offsets[tt, starts[ww] + bars] - body_start
     n_ids = len(tb.ids)
-    inst = np.fromiter((vocab.inst_id(t.label) for t in seg.tracks), np.int64, n_tracks)
+    ids_of = vocab.ids
+    inst = np.array([ids_of["INST=" + t.label] for t in seg.tracks], np.int32)
     consts = np.array([PIECE_START, TRACK_START, TRACK_END, DENSITY0], np.int32)
-    src = np.concatenate([tb.ids.astype(np.int32, copy=False), consts, inst.astype(np.int32)])
+    src = np.concatenate([tb.ids.astype(np.int32, copy=False), consts, inst])
     c_ps, c_ts, c_te, c_d, c_inst = n_ids, n_ids + 1, n_ids + 2, n_ids + 3, n_ids + 4
     # Ranges of `src` per pair: PIECE_START (length 1 only for a window's first pair),
     # TRACK_START, INST, [DENSITY], the bars, TRACK_END.
@@ -503,7 +504,8 @@ def process_file(f: SourceFile, cfg: PrepareConfig) -> FileResult:
     if crash and crash in f.path:
         os._exit(70)
     try:
-        data = Path(f.abspath).read_bytes()
+        with open(f.abspath, "rb") as fh:
+            data = fh.read()
     except OSError as e:
         return FileResult(f.path, None, "train", f"cannot read the file: {e.strerror}", _empty())
     digest = hashlib.blake2b(data, digest_size=16).digest()
