@@ -371,7 +371,7 @@ def write_model_folder(
         files["int8"] = INT8_NAME
         report["int8"] = agreement(model, out / INT8_NAME, sequences)
         log.info(
-            "int8: top-1 match %.3f, mean KL %.4f nats",
+            "int8: top-1 match %.4f, mean KL %.2e nats",
             report["int8"]["top1_match"],
             report["int8"]["mean_kl"],
         )

@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         args.out,
         ", ".join(v for k, v in meta["onnx"].items() if k != "default" and v),
         ex["parity"]["max_abs_logit_diff"],
-        f", int8 top-1 match {ex['int8']['top1_match']:.3f} KL {ex['int8']['mean_kl']:.4f}"
+        f", int8 top-1 match {ex['int8']['top1_match']:.3f} KL {ex['int8']['mean_kl']:.2e}"
         if "int8" in ex
         else "",
     )
