@@ -21,6 +21,7 @@ agreement with PyTorch is reported as top-1 match rate and mean KL divergence.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import logging
 import math
@@ -99,6 +100,10 @@ class KVWrapper(torch.nn.Module):
         super().__init__()
         self.model = model
         self.n_layer = int(model.config.n_layer)
+        # transformers 5.2x renamed `past_key_values` to `cache` (the old name still works
+        # with a warning); use whichever this version's forward() declares.
+        params = inspect.signature(model.forward).parameters
+        self.cache_kw = "cache" if "cache" in params else "past_key_values"
 
     def forward(
         self,
@@ -114,11 +119,12 @@ class KVWrapper(torch.nn.Module):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            cache=cache,
             use_cache=True,
+            **{self.cache_kw: cache},
         )
         present: list[torch.Tensor] = []
-        for layer in out.cache.layers:
+        returned = out.cache if self.cache_kw == "cache" else out.past_key_values
+        for layer in returned.layers:
             present += [layer.keys, layer.values]
         return (out.logits, *present)
 
