@@ -148,6 +148,7 @@ class MainWindow(QMainWindow):
         self.bridge: Any = None
         self.live: LivePlayback | None = None
         self.last_stall_ms: float | None = None
+        self.playhead_origin: int | None = None  # clock step - this = roll step
         self.busy = False  # a job is running (from the click until its result is shown)
         self.seed: int | None = None  # fixed seed for reproducible takes (tests, screenshots)
         self.stall = StallMeter(parent=self)
@@ -655,6 +656,7 @@ class MainWindow(QMainWindow):
         self._stream_count = 0
         self._roll_follow_step = 0
         self.live = None
+        self.playhead_origin = None
         if live and self.bridge is not None:
             first = prompt.steps if kind == "continue" else 0
             self.live = LivePlayback(self.bridge, prompt, first, spec.instrument)
@@ -835,15 +837,20 @@ class MainWindow(QMainWindow):
                     "or choose Clock: Internal tempo.",
                 )
         bar = sched.next_bar_line(lead_ms=100)
-        for i, t in enumerate(clip.tracks):
-            sched.add_notes(list(t.notes), channel=t.channel, velocity=t.velocity,
-                            origin_step=bar * STEPS_PER_BAR)  # fmt: skip
-            log.debug("preview track %d: %d notes", i, len(t.notes))
+        n = 0
+        for t in clip.tracks:
+            n += sched.add_notes(list(t.notes), channel=t.channel, velocity=t.velocity,
+                                 origin_step=bar * STEPS_PER_BAR)  # fmt: skip
+        # roll step of the clip's step 0: after the prompt for a continuation, 0 for a track
+        first = self.job_prompt.steps if self.last_spec and self.last_spec.kind == "continue" else 0
+        self.playhead_origin = bar * STEPS_PER_BAR - first
+        log.info("preview: %d notes from bar %d", n, bar + 1)
         return True
 
     def stop(self) -> None:
         """Cancel generation and end every sounding note."""
         self.cancel()
+        self.playhead_origin = None
         if self.bridge is not None:
             self.bridge.stop()
 
@@ -866,8 +873,11 @@ class MainWindow(QMainWindow):
                 bar, beat = int(step // STEPS_PER_BAR), int(step % STEPS_PER_BAR) // STEPS_PER_BEAT
                 parts += [f"{st.tempo:.1f} BPM", f"{bar + 1}:{beat + 1}",
                           "playing" if st.running else "stopped"]  # fmt: skip
-                if self.live is not None and self.live.placer.anchor_bar is not None:
-                    playhead = step - self.live.placer.origin_step
+                live = self.live
+                if self.playhead_origin is None and live and live.placer.anchor_bar is not None:
+                    self.playhead_origin = live.placer.origin_step
+                if self.playhead_origin is not None and st.running:
+                    playhead = step - self.playhead_origin
             except Exception as e:
                 parts += [f"clock error: {e}"]
         else:

@@ -108,3 +108,39 @@ def test_live_continue_from_next_bar_line_then_stop(
         daw.close()
         w.close()
     assert w.bridge is None
+
+
+def test_preview_plays_the_clip_on_the_internal_clock(
+    qtbot, make_window, store, model_dir, ui_jack_server
+):
+    """No DAW: open a file, generate, Preview plays the clip out of 'bandmate out'."""
+    w = make_window(store, model_dir)
+    w.seed = 4
+    w.api_box.setCurrentText("jack")
+    w.clock_box.setCurrentIndex(w.clock_box.findData("internal"))
+    w.tempo_spin.setValue(240.0)  # a bar is 1 s
+    assert w.open_midi(CHORALE)
+    with qtbot.waitSignal(w.job_finished, timeout=60_000):
+        assert w.generate("continue")
+    assert w.live is None  # not connected: the file is the prompt
+    clip = w.current_clip()
+    sent = sorted((t.channel, n.pitch, n.start) for t in clip.tracks for n in t.notes)
+    assert sent
+    w.connect_btn.click()
+    assert w.bridge is not None, w.messages.messages
+    daw = DawSim("bandmate in", "bandmate out", name="ui listener")
+    try:
+        assert w.preview(), w.messages.messages
+        assert w.playhead_origin is not None
+        assert wait_until(lambda: w.bridge.scheduler.pending == 0, 15)
+        assert wait_until(lambda: not pair_notes(daw.messages())[1], 3)
+        notes, hanging = pair_notes(daw.messages())
+        assert not hanging
+        got = sorted((ch, pitch) for ch, pitch, _on, _off in notes)
+        assert got == sorted((c, p) for c, p, _ in sent)
+        qtbot.waitUntil(lambda: w.roll.model.playhead is not None, timeout=2000)
+        w.stop_btn.click()
+        qtbot.waitUntil(lambda: w.roll.model.playhead is None, timeout=2000)
+    finally:
+        daw.close()
+        w.close()
