@@ -175,3 +175,20 @@ def test_port_failure_is_explained(qtbot, window, monkeypatch):
     msg = w.messages.last()
     assert msg.title == "MIDI port failed" and "press Connect again" in msg.text
     assert w.open_midi(CHORALE)  # still usable
+
+
+def test_dropping_a_midi_file_opens_it(window):
+    from PyQt6.QtCore import QMimeData, QPointF, Qt, QUrl
+    from PyQt6.QtGui import QDropEvent
+
+    w = window
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(CHORALE))])
+    ev = QDropEvent(
+        QPointF(10, 10), Qt.DropAction.CopyAction, mime,
+        Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier,
+    )  # fmt: skip
+    w.dropEvent(ev)
+    assert w.prompt is not None and w.prompt_name == CHORALE.name
+    assert [t.inst for t in w.prompt.tracks] == ["SOPRANO", "ALTO", "TENOR", "BASS"]
+    assert w.roll.model.track_names == ["Soprano", "Alto", "Tenor", "Bass"]
