@@ -335,6 +335,9 @@ def encode_segment(
 def _concat_parts(parts: list[tuple[np.ndarray, ...]], n_orig: int) -> Encoded:
     if not parts:
         return _empty()
+    if len(parts) == 1:
+        t, ln, sp, sc = parts[0]
+        return Encoded(t.astype(np.uint16), ln, n_orig, sp, sc)
     toks, lens, sps, scs = [], [], [], []
     base = 0
     for t, ln, sp, sc in parts:
@@ -343,15 +346,12 @@ def _concat_parts(parts: list[tuple[np.ndarray, ...]], n_orig: int) -> Encoded:
         sps.append(sp + base)
         scs.append(sc)
         base += len(t)
-    tokens = np.concatenate(toks)
-    if len(tokens) and int(tokens.max()) > 0xFFFF:
-        raise ValueError("token id beyond uint16")
     return Encoded(
-        tokens.astype(np.uint16),
-        np.concatenate(lens).astype(np.int64),
+        np.concatenate(toks).astype(np.uint16),
+        np.concatenate(lens),
         n_orig,
-        np.concatenate(sps).astype(np.int64),
-        np.concatenate(scs).astype(np.int64),
+        np.concatenate(sps),
+        np.concatenate(scs),
     )
 
 
@@ -359,6 +359,8 @@ def _concat_parts(parts: list[tuple[np.ndarray, ...]], n_orig: int) -> Encoded:
 def _codec_vocab(cfg: PrepareConfig) -> tuple[CodecConfig, Vocab]:
     """Built once per run: a Vocab costs more to build than a small file costs to encode."""
     codec = cfg.codec()
+    if codec.vocab.size > 0xFFFF:
+        raise ValueError(f"a vocabulary of {codec.vocab.size} tokens does not fit in uint16")
     return codec, codec.vocab
 
 
