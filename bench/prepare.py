@@ -11,7 +11,9 @@ Measures, on FOLDER (default: the shared JS Fake Chorales):
 note is in up to 4 samples); `each_note_once_tokens_per_s_per_core` encodes non-overlapping
 windows (each note once, like MidiTok's one pass over a file) and gives the like-for-like
 `speedup_vs_miditok_each_note_once`. Each figure is the best of --repeat runs (the machine
-may be shared; best-of is the least disturbed). The last line is JSON: files_per_s_per_core,
+may be shared; best-of is the least disturbed); the `*_cpu_s` figures divide by CPU time
+(this process and its workers) instead of wall time, which a busy machine disturbs less.
+The last line is JSON: files_per_s_per_core,
 tokens_per_s_per_core (full un-augmented run, one worker), miditok_tokens_per_s_per_core,
 speedup_vs_miditok, parallel_speedup (one-worker time / all-workers time), plus the details.
 """
@@ -25,6 +27,7 @@ import json
 import logging
 import os
 import platform
+import resource
 import shutil
 import sys
 import tempfile
@@ -35,13 +38,23 @@ from pathlib import Path
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "jsfakes"
 
 
-def _best(fn, repeat: int) -> tuple[float, object]:
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
+def _cpu() -> float:
+    """CPU seconds of this process and of its finished children (the pool's workers)."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    ch = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + ch.ru_utime + ch.ru_stime
+
+
+def _once(fn) -> tuple[float, float, object]:
+    t0, c0 = time.perf_counter(), _cpu()
+    out = fn()
+    return time.perf_counter() - t0, _cpu() - c0, out
+
+
+def _best(fn, repeat: int) -> tuple[float, float, object]:
+    """Best wall time and best CPU time of `repeat` runs, and the last result."""
+    runs = [_once(fn) for _ in range(repeat)]
+    return min(r[0] for r in runs), min(r[1] for r in runs), runs[-1][2]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,8 +101,13 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         run(1)  # warm the page cache and imports
-        t1, m1 = _best(lambda: run(1), a.repeat)
-        tn, _ = _best(lambda: run(workers), a.repeat)
+        # Alternate 1 worker and all workers, so a change in the machine's load hits both.
+        r1, rn = [], []
+        for _ in range(a.repeat):
+            r1.append(_once(lambda: run(1)))
+            rn.append(_once(lambda: run(workers)))
+        t1, c1, m1 = min(r[0] for r in r1), min(r[1] for r in r1), r1[-1][2]
+        tn = min(r[0] for r in rn)
         assert (tmp / "w1" / "train-00000.bin").read_bytes() == (
             tmp / f"w{workers}" / "train-00000.bin"
         ).read_bytes()
@@ -104,11 +122,11 @@ def main(argv: list[str] | None = None) -> int:
                 n += len(encode_file(f.abspath, c, augment=False).tokens)
         return n
 
-    te, enc_tokens = _best(lambda: encode_all(cfg), a.repeat)
+    te, _, enc_tokens = _best(lambda: encode_all(cfg), a.repeat)
     # Each note once (windows do not overlap): the like-for-like comparison with a tokenizer
     # that encodes a whole file once, as MidiTok does.
     once = dataclasses.replace(cfg, hop=cfg.bars)
-    t_once, once_tokens = _best(lambda: encode_all(once), a.repeat)
+    t_once, c_once, once_tokens = _best(lambda: encode_all(once), a.repeat)
 
     result: dict = {
         "folder": folder,
@@ -129,6 +147,10 @@ def main(argv: list[str] | None = None) -> int:
         "files_per_s_per_core": round(len(files) / t1, 1),
         "tokens_per_s_per_core": round(tokens / t1),
         "parallel_speedup": round(t1 / tn, 3),
+        # CPU-time figures: what the wall-clock ones would be on an idle core.
+        "one_worker_cpu_s": round(c1, 3),
+        "tokens_per_cpu_s": round(tokens / c1),
+        "each_note_once_tokens_per_cpu_s": round(once_tokens / c_once),
     }
     if not a.skip_miditok:
         with warnings.catch_warnings():
@@ -148,15 +170,21 @@ def main(argv: list[str] | None = None) -> int:
                         pass
                 return n
 
-            tm, mt_tokens = _best(miditok_all, a.repeat)
+            tm, cm, mt_tokens = _best(miditok_all, a.repeat)
         result["miditok"] = "MidiTok 3.1.0 MMM(base_tokenizer=TSD), default TokenizerConfig"
         result["miditok_tokens"] = mt_tokens
         result["miditok_s"] = round(tm, 3)
         result["miditok_tokens_per_s_per_core"] = round(mt_tokens / tm)
+        result["miditok_tokens_per_cpu_s"] = round(mt_tokens / cm)
         mt_rate = result["miditok_tokens_per_s_per_core"]
         result["speedup_vs_miditok"] = round(result["tokens_per_s_per_core"] / mt_rate, 2)
         result["speedup_vs_miditok_each_note_once"] = round(
             result["each_note_once_tokens_per_s_per_core"] / mt_rate, 2
+        )
+        mt_cpu = result["miditok_tokens_per_cpu_s"]
+        result["speedup_vs_miditok_cpu"] = round(result["tokens_per_cpu_s"] / mt_cpu, 2)
+        result["speedup_vs_miditok_each_note_once_cpu"] = round(
+            result["each_note_once_tokens_per_cpu_s"] / mt_cpu, 2
         )
     result["machine"] = {
         "cpus": os.cpu_count(),
