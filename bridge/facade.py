@@ -159,11 +159,11 @@ class Bridge:
                 log.debug("no JACK monitor client", exc_info=True)
                 self._jack_monitor = None
 
-    def _close_ports(self) -> None:
+    def _close_ports(self, server_gone: bool = False) -> None:
         for p in (self.inp, self.out):
             if p is not None:
                 with contextlib.suppress(Exception):
-                    p.close()
+                    p.abandon() if server_gone else p.close()
         self.inp = self.out = None
         if self._jack_monitor is not None:
             with contextlib.suppress(Exception):
@@ -249,7 +249,8 @@ class Bridge:
                 log.warning("MIDI port lost (server or port gone): output silenced; "
                             "will reopen when it is back")
                 self.scheduler.stop_output("port lost")
-                self._close_ports()
+                mon = self._jack_monitor
+                self._close_ports(server_gone=mon is not None and mon.shut_down.is_set())
             if lost:
                 try:
                     self._open_ports()

@@ -23,6 +23,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -35,6 +36,16 @@ _SHUTDOWN_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 JackNoStartServer = 0x01
 JackUseExactName = 0x02
 JackServerName = 0x04
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the parent dies, so a killed test run cannot leave its
+    jackd behind (JACK allows only a few servers at once)."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
 
 
 class JackError(RuntimeError):
@@ -119,8 +130,12 @@ class XrunCounter:
 
     def close(self) -> None:
         if self._client:
-            if not self.shut_down.is_set():
-                self._lib.jack_deactivate(self._client)
+            if self.shut_down.is_set():
+                # The server is gone. libjack frees such clients itself when the next client
+                # opens; closing it here races that cleanup and crashes. Leak the handle.
+                self._client = None
+                return
+            self._lib.jack_deactivate(self._client)
             self._lib.jack_client_close(self._client)
             self._client = None
 
@@ -176,7 +191,8 @@ class JackServer:
         cmd = [exe, "-n", self.name, "-d", "dummy", "-r", str(self.rate), "-p", str(self.period)]
         env = dict(os.environ, JACK_NO_START_SERVER="1")
         self.proc = subprocess.Popen(
-            cmd, stdout=fd, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+            cmd, stdout=fd, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )
         os.close(fd)
         deadline = time.monotonic() + timeout

@@ -143,6 +143,11 @@ def find_port(names: list[str], wanted: str) -> int | None:
     return None
 
 
+#: rtmidi objects whose JACK server died: never closed nor freed (libjack cleans such clients
+#: up itself when the next client opens; closing them too races that and crashes)
+_ABANDONED: list[object] = []
+
+
 class OutputPort:
     """Sends mido messages. Virtual port ``name`` when the API allows, else connects by name.
 
@@ -197,6 +202,13 @@ class OutputPort:
                 self.errors += 1
                 log.warning("MIDI send failed on %r", self.name, exc_info=True)
                 return False
+
+    def abandon(self) -> None:
+        """Forget the port without closing it (its server is gone; see _ABANDONED)."""
+        with self._lock:
+            out, self._out = self._out, None
+        if out is not None:
+            _ABANDONED.append(out)
 
     def close(self) -> None:
         with self._lock:
@@ -321,6 +333,17 @@ class InputPort:
             self.handler(msg, t_ns)
         except Exception:
             log.exception("MIDI input handler failed on %s", msg)
+
+    def abandon(self) -> None:
+        """Stop reading and forget the port without closing it (its server is gone)."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(2.0)
+        self._thread = None
+        with self._lock:
+            mi, self._in = self._in, None
+        if mi is not None:
+            _ABANDONED.append(mi)
 
     def close(self) -> None:
         self._stop.set()
