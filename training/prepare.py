@@ -437,14 +437,17 @@ def list_sources(sources: Sequence[str]) -> list[SourceFile]:
             raise PrepareError(f"{src}: no such file or folder")
         found = []
         base = os.path.abspath(p)
-        for dirpath, dirnames, filenames in os.walk(p):
+        shown = str(p)
+        for dirpath, dirnames, filenames in os.walk(base):
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            sub = os.path.relpath(dirpath, base).replace(os.sep, "/")
+            prefix = "" if sub == "." else sub + "/"
             for fn in filenames:
                 if fn.lower().endswith(MIDI_SUFFIXES) and not fn.startswith("."):
-                    rel = Path(dirpath, fn).relative_to(p).as_posix()
-                    found.append(rel)
-        for rel in sorted(found):
-            out.append(SourceFile(str(p / rel), os.path.join(base, rel), f"{si}/{rel}"))
+                    found.append(prefix + fn)
+        found.sort()
+        for rel in found:
+            out.append(SourceFile(f"{shown}/{rel}", f"{base}/{rel}", f"{si}/{rel}"))
     return out
 
 
@@ -462,7 +465,7 @@ def select_shard(files: list[SourceFile], shard: tuple[int, int]) -> list[Source
 
 def auto_chunk_files(n_files: int) -> int:
     """Files per work unit: small enough to balance 2..100 workers, large for big corpora."""
-    return int(min(256, max(8, n_files // 400)))
+    return int(min(256, max(8, n_files // 64)))
 
 
 def config_hash(cfg: PrepareConfig) -> str:
