@@ -72,6 +72,8 @@ WORK = ".work"
 #: environment variable's value exits abruptly, as a crash in the C++ parser would.
 CRASH_ENV = "BANDMATE_PREPARE_TEST_CRASH"
 _NOTE_END = NOTE_OFF0 + 128  # NOTE_ON and NOTE_OFF ids are [NOTE_ON0, _NOTE_END)
+#: Below this many output tokens the merge writes from the parent: forking costs more.
+PARALLEL_WRITE_TOKENS = 1 << 23
 
 
 class PrepareError(Exception):
@@ -688,24 +690,45 @@ def _isolate_chunk(c: int, files: list[SourceFile], cfg_json: dict, work: Path, 
     return write_chunk(_chunk_path(work, c), results)
 
 
+class _Pool:
+    """One process pool for the whole run (encode, then the merge's writes): forked once.
+
+    Replaced after a worker dies (a broken pool accepts no more work).
+    """
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self.ctx = _mp_context()
+        self._ex: ProcessPoolExecutor | None = None
+
+    def get(self) -> ProcessPoolExecutor:
+        if self._ex is None:
+            self._ex = ProcessPoolExecutor(max_workers=self.workers, mp_context=self.ctx)
+        return self._ex
+
+    def reset(self) -> None:
+        if self._ex is not None:
+            self._ex.shutdown(wait=True, cancel_futures=True)
+            self._ex = None
+
+    close = reset
+
+
 def _run_chunks(
     tasks: list[tuple[int, list[SourceFile], dict, str]],
-    workers: int,
+    pool: _Pool,
     on_done: Callable[[dict], None],
 ) -> None:
-    """Run work units on a process pool; a worker that dies costs only its own files."""
-    if not tasks:
-        return
-    ctx = _mp_context()
+    """Run work units on the pool; a worker that dies costs only its own files."""
     queue = list(tasks)
     failed: list[tuple[int, list[SourceFile], dict, str]] = []
     while queue:
-        ex = ProcessPoolExecutor(max_workers=min(workers, len(queue)), mp_context=ctx)
+        ex = pool.get()
         running: dict = {}
         broken = False
         try:
             while queue or running:
-                while queue and len(running) < 2 * workers and not broken:
+                while queue and len(running) < 2 * pool.workers and not broken:
                     t = queue.pop(0)
                     running[ex.submit(run_chunk, t)] = t
                 if not running:
@@ -728,10 +751,11 @@ def _run_chunks(
                     running = {}
                     break
         finally:
-            ex.shutdown(wait=True, cancel_futures=True)
+            if broken or sys.exc_info()[0] is not None:
+                pool.reset()
     for c, files, cfg_json, work in sorted(failed, key=lambda t: t[0]):
         log.warning("a worker died in work unit %d: re-running its files one by one", c)
-        on_done(_isolate_chunk(c, files, cfg_json, Path(work), ctx))
+        on_done(_isolate_chunk(c, files, cfg_json, Path(work), pool.ctx))
 
 
 def _load_chunk(path: Path, arrays: bool = True) -> dict:
@@ -798,7 +822,7 @@ def _write_shards(
     keep: list[np.ndarray],
     edges: Sequence[float],
     split_lens: dict[str, list[np.ndarray]],
-    workers: int,
+    pool: _Pool | None,
 ) -> None:
     tag = f".tmp{os.getpid()}"
     tasks = []
@@ -823,9 +847,9 @@ def _write_shards(
                 first[split] += n
         if rows_by_split:
             tasks.append((str(_chunk_path(work, c)), keep[c].tolist(), tuple(edges), rows_by_split))
-    if workers > 1 and len(tasks) > 1:
-        with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=_mp_context()) as ex:
-            list(ex.map(write_unit_rows, tasks))
+    total = sum(int(idx[:, 2].sum()) for idx, _ in plans.values())
+    if pool is not None and pool.workers > 1 and len(tasks) > 1 and total >= PARALLEL_WRITE_TOKENS:
+        list(pool.get().map(write_unit_rows, tasks))
     else:
         for t in tasks:
             write_unit_rows(t)
@@ -883,7 +907,7 @@ def _merge(
     cfg: PrepareConfig,
     files_total: int,
     chash: str,
-    workers: int = 1,
+    pool: _Pool | None = None,
 ) -> dict:
     """Dedup, split, density edges, shards/text, tokenizer and manifest, from .work."""
     for p in out.glob("*.tmp*"):
@@ -955,7 +979,7 @@ def _merge(
     }
     # Pass 2: fill DENSITY slots, route samples to their split, write.
     if cfg.format == "bin":
-        _write_shards(out, work, n_chunks, cfg, keep, edges, split_lens, workers)
+        _write_shards(out, work, n_chunks, cfg, keep, edges, split_lens, pool)
     else:
         _write_text(out, work, n_chunks, keep, edges, vocab)
 
@@ -1107,12 +1131,16 @@ def prepare(
                 samples=prog.samples, tokens=prog.tokens, skipped=prog.skipped, refresh=False
             )
 
+    pool = _Pool(workers)
     try:
-        _run_chunks(tasks, workers, on_done)
+        try:
+            _run_chunks(tasks, pool, on_done)
+        finally:
+            if bar is not None:
+                bar.close()
+        manifest = _merge(out, work, n_chunks, cfg, len(files), chash, pool)
     finally:
-        if bar is not None:
-            bar.close()
-    manifest = _merge(out, work, n_chunks, cfg, len(files), chash, workers)
+        pool.close()
     shutil.rmtree(work, ignore_errors=True)
     for split in SPLITS:
         if not manifest["samples"][split] and (split == "train" or cfg.val_fraction > 0):
