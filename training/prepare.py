@@ -1020,6 +1020,23 @@ def _merge(
     return manifest
 
 
+def _lock(work: Path):
+    """An exclusive lock on OUT/.work, so two runs never write the same folder at once."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; running twice is the user's call
+        return None
+    fh = open(work / "lock", "a")  # noqa: SIM115 (kept open: the lock lives with it)
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        raise PrepareError(
+            f"another `bandmate prepare` is writing to {work.parent}: wait for it to finish"
+        ) from None
+    return fh
+
+
 def _check_out(out: Path, chash: str, lhash: str) -> str:
     """'done' (already finished), 'resume' or 'fresh'; refuses a folder that is not ours."""
     work = out / WORK
@@ -1079,6 +1096,7 @@ def prepare(
         return json.loads((out / "manifest.json").read_text())
     work = out / WORK
     work.mkdir(parents=True, exist_ok=True)
+    lock = _lock(work)  # noqa: F841 (held until this function returns)
     chunk = cfg.chunk_files or auto_chunk_files(len(files))
     n_chunks = -(-len(files) // chunk)
     if state == "fresh":

@@ -477,3 +477,17 @@ def test_mutated_files_never_stop_the_batch(tmp_path):
     assert m["files_ok"] + m["files_skipped"] + m["duplicates"] == 40
     assert all(s["reason"] for s in m["skipped"])
     assert not any("unexpected error" in s["reason"] for s in m["skipped"]), m["skipped"]
+
+
+def test_second_run_on_the_same_folder_is_refused(corpus, tmp_path, capsys):
+    import fcntl
+
+    src, _ = corpus
+    out = tmp_path / "o"
+    (out / ".work").mkdir(parents=True)
+    with open(out / ".work" / "lock", "a") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)  # as a running `bandmate prepare` holds it
+        assert run_cli(src, "-o", out) == 2
+        assert "another" in capsys.readouterr().err
+    assert run_cli(src, "-o", out, "--workers", 1) == 0
+    assert not (out / ".work").exists()
