@@ -101,3 +101,33 @@ def test_killed_run_resumes_to_identical_bytes(corpus, tmp_path, monkeypatch):
     assert proc.returncode == 0, proc.stderr
     assert "0 done before" not in proc.stderr
     assert read_tree(out) == expected
+
+
+def test_kills_at_random_moments_still_end_in_the_same_bytes(corpus, tmp_path):
+    """Kill after random delays (start-up, work, merge, clean-up alike) until a run finishes."""
+    import random
+
+    ref = tmp_path / "ref"
+    t0 = time.monotonic()
+    proc = _start(corpus, ref)
+    assert proc.wait(timeout=300) == 0
+    whole = time.monotonic() - t0  # interpreter start-up included, as in the killed runs
+    expected = read_tree(ref)
+    out = tmp_path / "out"
+    rng = random.Random(3)
+    kills = 0
+    for _ in range(12):
+        proc = _start(corpus, out)
+        try:
+            proc.wait(timeout=rng.uniform(0.3, 0.98) * whole)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+            kills += 1
+            continue
+        assert proc.returncode == 0, proc.stderr.read().decode()
+        break
+    else:
+        pytest.fail("the run never finished")
+    assert kills >= 1
+    assert read_tree(out) == expected
