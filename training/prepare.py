@@ -912,7 +912,8 @@ def _merge(
     """Dedup, split, density edges, shards/text, tokenizer and manifest, from .work."""
     for p in out.glob("*.tmp*"):
         p.unlink()
-    # Pass 1: which files count, and the note counts of un-augmented training tracks.
+    # Pass 1 (headers and lengths only): which files count, label counts, the sample lengths
+    # of each split, and the note counts of un-augmented training tracks.
     seen: dict[str, str] = {}
     keep: list[np.ndarray] = []
     skipped: list[dict] = []
@@ -920,13 +921,11 @@ def _merge(
     dup_list: list[dict] = []
     hist = np.zeros(1, np.int64)
     want_edges = cfg.density_bins > 1 and not cfg.density_edges
-    metas: list[list[dict]] = []
-    chunk_lengths: list[np.ndarray] = []
+    label_total: dict[str, int] = {}
+    split_lens: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
     for c in range(n_chunks):
         z = _load_chunk(_chunk_path(work, c), arrays=False)
         meta = z["meta"]
-        metas.append(meta)
-        chunk_lengths.append(z["lengths"])
         k = np.zeros(len(meta), bool)
         for i, m in enumerate(meta):
             h = m["hash"]
@@ -940,7 +939,11 @@ def _merge(
                 skipped.append({"path": m["path"], "reason": m["reason"]})
             else:
                 k[i] = True
+                for lab, n in m["labels"].items():
+                    label_total[lab] = label_total.get(lab, 0) + n
         keep.append(k)
+        for split in SPLITS:
+            split_lens[split].append(z["lengths"][_sample_mask(meta, k, split)])
         if want_edges and len(z["slot_pos"]):
             tok = np.array([m["tokens"] for m in meta], np.int64)
             fstart = np.cumsum(tok) - tok
@@ -959,17 +962,6 @@ def _merge(
     codec = cfg.codec(edges)
     vocab = codec.vocab
 
-    # Labels and per-split sample lengths, from the headers and length arrays.
-    label_total: dict[str, int] = {}
-    split_lens: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
-    for c in range(n_chunks):
-        meta, lengths = metas[c], chunk_lengths[c]
-        for m, k in zip(meta, keep[c], strict=True):
-            if k:
-                for lab, n in m["labels"].items():
-                    label_total[lab] = label_total.get(lab, 0) + n
-        for split in SPLITS:
-            split_lens[split].append(lengths[_sample_mask(meta, keep[c], split)])
     counts = {
         s: {
             "samples": sum(len(x) for x in split_lens[s]),
