@@ -72,6 +72,7 @@ WORK = ".work"
 #: environment variable's value exits abruptly, as a crash in the C++ parser would.
 CRASH_ENV = "BANDMATE_PREPARE_TEST_CRASH"
 _NOTE_END = NOTE_OFF0 + 128  # NOTE_ON and NOTE_OFF ids are [NOTE_ON0, _NOTE_END)
+_CONSTS = np.array([PIECE_START, TRACK_START, TRACK_END, DENSITY0], np.int32)
 #: Below this many output tokens the merge writes from the parent: forking costs more.
 PARALLEL_WRITE_TOKENS = 1 << 23
 
@@ -245,9 +246,10 @@ def encode_segment(
     counts = cs[:, starts + bars] - cs[:, starts]  # (tracks, windows)
     present = counts > 0
     keep = present.any(axis=0)
-    if not keep.any():
-        return [], 0
-    starts, counts, present = starts[keep], counts[:, keep], present[:, keep]
+    if not keep.all():
+        if not keep.any():
+            return [], 0
+        starts, counts, present = starts[keep], counts[:, keep], present[:, keep]
     n_win = len(starts)
     ww, tt = np.nonzero(present.T)  # pairs (window, track), window-major, tracks in order
     n_pairs = len(ww)
@@ -256,8 +258,7 @@ def encode_segment(
     n_ids = len(tb.ids)
     ids_of = vocab.ids
     inst = np.array([ids_of["INST=" + t.label] for t in seg.tracks], np.int32)
-    consts = np.array([PIECE_START, TRACK_START, TRACK_END, DENSITY0], np.int32)
-    src = np.concatenate([tb.ids.astype(np.int32, copy=False), consts, inst])
+    src = np.concatenate([tb.ids, _CONSTS, inst])
     c_ps, c_ts, c_te, c_d, c_inst = n_ids, n_ids + 1, n_ids + 2, n_ids + 3, n_ids + 4
     # Ranges of `src` per pair: PIECE_START (length 1 only for a window's first pair),
     # TRACK_START, INST, [DENSITY], the bars, TRACK_END.
@@ -279,10 +280,10 @@ def encode_segment(
     rl = rl.ravel()
     tokens = src[_ranges(rs.ravel(), rl)]
     first_pair = np.flatnonzero(first)
-    lengths = np.add.reduceat((k - 2) + body_len + first, first_pair)
+    pair_len = (k - 2) + body_len + first
+    lengths = np.add.reduceat(pair_len, first_pair)
     if density:
-        range_pos = np.cumsum(rl) - rl
-        slot_pos = range_pos[np.arange(n_pairs) * k + 3]
+        slot_pos = np.cumsum(pair_len) - pair_len + first + 2  # after [PS] TS INST
         slot_count = counts[tt, ww]
     else:
         slot_pos = slot_count = np.zeros(0, np.int64)
