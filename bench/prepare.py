@@ -38,6 +38,14 @@ from pathlib import Path
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "jsfakes"
 
 
+def _cpu_pressure() -> str | None:
+    """Linux PSI: the share of time runnable tasks waited for a CPU (other work on the box)."""
+    try:
+        return Path("/proc/pressure/cpu").read_text().splitlines()[0]
+    except OSError:
+        return None
+
+
 def _cpu() -> float:
     """CPU seconds of this process and of its finished children (the pool's workers)."""
     me = resource.getrusage(resource.RUSAGE_SELF)
@@ -92,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     files = list_sources([folder])
     workers = a.workers or default_workers()
     load_before = os.getloadavg()
+    psi_before = _cpu_pressure()
     tmp = Path(tempfile.mkdtemp(prefix="bench-prepare-"))
 
     def run(w: int) -> dict:
@@ -192,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         "python": sys.version.split()[0],
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        "cpu_pressure_before": psi_before,
+        "cpu_pressure_after": _cpu_pressure(),
     }
     print(json.dumps(result))
     return 0
