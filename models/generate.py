@@ -627,6 +627,7 @@ def _run(
             r.tokens.extend(r.pending)
             r.pending = []
             r.windows.append(r.tokens)
+        del cache  # its buffers go back to the session's pool for the next window
     seconds = time.perf_counter() - t0
     sampled = sum(r.sampled for r in rs)
     for r in rs:

@@ -9,6 +9,13 @@ in one run, later calls feed each row's new tokens (usually one). Rows may feed 
 numbers of tokens in one call (a forced run of structure tokens next to a sampled token):
 shorter rows are padded at the end of their chunk with attention-mask zeros, so every row's
 real tokens see exactly their own history.
+
+Fast path: when the folder has the decode graph (``onnx.kv_int8`` / ``kv_fp32``, written by
+``bandmate.training.export_fast``) and the session runs on the CPU, `FastKVCache` is used
+instead: the keys/values live in preallocated ``[batch, n_head, max_seq, head_dim]`` buffers
+(reused across caches of the same batch size) that ONNX Runtime's GroupQueryAttention updates
+in place through IOBinding, so a decode step copies no cache. Folders without it (older
+exports, fp16, CUDA) use `KVCache` over the contract graph.
 """
 
 from __future__ import annotations
@@ -16,6 +23,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
+import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,16 +52,35 @@ def default_model_dir() -> Path:
     return Path(default.__file__).resolve().parent
 
 
-def _threads() -> int:
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def _threads(fast: bool = False) -> int:
     env = os.environ.get("BANDMATE_THREADS")
     if env:
         return max(1, int(env))
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        n = os.cpu_count() or 1
+    n = _cpus()
+    if fast:
+        # The decode graph's step is ~1.5k small kernels: measured on a 2-core CPU, 1 thread
+        # is as fast as 2 when idle and 2-4x faster when the other core is busy (docs/
+        # generation.md); bigger machines get a few threads for prefills.
+        return max(1, min(n // 2, 4))
     # Decoding one token is a chain of small ops: beyond 8 threads, sync costs more than it saves.
     return max(1, min(n, 8))
+
+
+def fast_io_names(n_layer: int) -> tuple[list[str], list[str]]:
+    """Input and output names of the decode graph (``bandmate.training.export_fast``)."""
+    past = [f"past_{kv}.{i}" for i in range(n_layer) for kv in ("key", "value")]
+    present = [f"present_{kv}.{i}" for i in range(n_layer) for kv in ("key", "value")]
+    return ["input_ids", "position_ids", "seqlens_k", "total_sequence_length", *past], [
+        "logits",
+        *present,
+    ]
 
 
 @dataclass
@@ -72,6 +101,9 @@ class ModelSession:
     input_names: list[str] = field(default_factory=list)
     output_names: list[str] = field(default_factory=list)
     calls: int = 0  # model runs so far (every cache of this session), for stats and tests
+    fast: bool = False  # sess is the in-place decode graph (FastKVCache)
+    _pool: dict = field(default_factory=dict, repr=False)  # batch -> [SharedKV, ...]
+    _pool_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def past_names(self) -> list[str]:
@@ -112,12 +144,18 @@ class ModelSession:
 
     @classmethod
     def load(
-        cls, path: str | Path | None = None, precision: str = "default", device: str = "auto"
+        cls,
+        path: str | Path | None = None,
+        precision: str = "default",
+        device: str = "auto",
+        fast: bool | None = None,
     ) -> ModelSession:
         """Open a model folder (None = the shipped model).
 
         ``precision`` picks the graph (default: the folder's ``onnx.default``, int8 on CPU);
-        ``device`` is "auto" (CUDA when it works, else CPU), "cpu" or "cuda".
+        ``device`` is "auto" (CUDA when it works, else CPU), "cpu" or "cuda". ``fast``: use
+        the folder's in-place decode graph on the CPU (None: when present; False: the
+        contract graph, e.g. to compare; True: required).
         """
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -147,7 +185,7 @@ class ModelSession:
         m = meta["model"]
         if int(m["vocab_size"]) != vocab.size:
             raise ModelError(f"{folder}: model vocab_size {m['vocab_size']} != {vocab.size}")
-        sess, provider, onnx_file = _open(folder, meta, precision, device)
+        sess, provider, onnx_file, is_fast = _open(folder, meta, precision, device, fast)
         n_head = int(m["n_head"])
         return cls(
             path=folder,
@@ -163,14 +201,53 @@ class ModelSession:
             n_positions=int(m["n_positions"]),
             input_names=[i.name for i in sess.get_inputs()],
             output_names=[o.name for o in sess.get_outputs()],
+            fast=is_fast,
         )
 
-    def new_cache(self, batch: int, capacity: int | None = None) -> KVCache:
+    def new_cache(self, batch: int, capacity: int | None = None) -> KVCache | FastKVCache:
         """An empty KV cache for ``batch`` rows of up to ``capacity`` positions."""
+        if self.fast:
+            return FastKVCache(self, batch, capacity or self.n_positions)
         return KVCache(self, batch, capacity or self.n_positions)
 
+    def _lease_kv(self, owner: object, batch: int) -> SharedKV:
+        """Cache buffers for ``batch`` rows, reused from a cache that no longer exists when
+        there is one (allocating ~50 MB per row for a 2048-position model each window would
+        cost more than the prefill). At most two buffer sets per batch size are kept."""
+        with self._pool_lock:
+            sets = self._pool.setdefault(batch, [])
+            for kv in sets:
+                if kv.owner is None or kv.owner() is None:
+                    kv.owner = weakref.ref(owner)
+                    return kv
+            kv = SharedKV(
+                self.sess, self.n_layer, self.n_head, self.head_dim, batch, self.n_positions + 1
+            )
+            kv.owner = weakref.ref(owner)
+            if len(sets) < 2:
+                sets.append(kv)
+            return kv
 
-def _open(folder: Path, meta: dict, precision: str, device: str) -> tuple[Any, str, str]:
+
+def _fast_graph(folder: Path, files: dict, precision: str) -> str | None:
+    """The decode graph for ``precision`` on the CPU, when the folder has it."""
+    if precision == "fp16":
+        return None
+    if precision == "default":
+        default = files.get("default")
+        order = ("kv_fp32", "kv_int8") if default == files.get("fp32") else ("kv_int8", "kv_fp32")
+    else:
+        order = (f"kv_{precision}",)
+    for k in order:
+        name = files.get(k)
+        if name and (folder / name).is_file():
+            return name
+    return None
+
+
+def _open(
+    folder: Path, meta: dict, precision: str, device: str, fast: bool | None = None
+) -> tuple[Any, str, str, bool]:
     import onnxruntime as ort
 
     files = meta.get("onnx") or {}
@@ -192,10 +269,12 @@ def _open(folder: Path, meta: dict, precision: str, device: str) -> tuple[Any, s
                 return name
         raise ModelError(f"{folder} has no ONNX graph ({_have(files)}): re-export the model")
 
-    def options() -> Any:
+    def options(fast_graph: bool = False) -> Any:
         so = ort.SessionOptions()
         so.log_severity_level = 3
-        so.intra_op_num_threads = _threads()
+        so.intra_op_num_threads = _threads(fast_graph)
+        # Spinning workers steal the core the caller needs when the machine is busy.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -212,20 +291,32 @@ def _open(folder: Path, meta: dict, precision: str, device: str) -> tuple[Any, s
             )
             if sess.get_providers()[0] == "CUDAExecutionProvider":
                 log.info("model %s on CUDA (%s)", folder.name, name)
-                return sess, "CUDA", name
+                return sess, "CUDA", name, False
         except Exception as e:  # any CUDA failure means: use the CPU
             log.debug("CUDA provider failed: %s", e)
         finally:
             ort.set_default_logger_severity(2)
         if device == "cuda":
             raise ModelError("CUDA was asked for but does not initialise (CUDA 13 + cuDNN 9?)")
+    kv_name = _fast_graph(folder, files, precision) if fast is not False else None
+    if fast and not kv_name:
+        raise ModelError(
+            f"{folder} has no decode graph for precision {precision} (model.kv*.onnx): "
+            "re-export the model with this version of bandmate"
+        )
+    if kv_name:
+        so = options(True)
+        sess = ort.InferenceSession(str(folder / kv_name), so, providers=["CPUExecutionProvider"])
+        log.info("model %s on CPU (%s, in-place KV cache, %d threads)", folder.name, kv_name,
+                 so.intra_op_num_threads)
+        return sess, "CPU", kv_name, True
     name = pick(False)
     if not (folder / name).is_file():
         raise ModelError(f"{folder / name} is missing: re-export the model")
     so = options()
     sess = ort.InferenceSession(str(folder / name), so, providers=["CPUExecutionProvider"])
     log.info("model %s on CPU (%s, %d threads)", folder.name, name, so.intra_op_num_threads)
-    return sess, "CPU", name
+    return sess, "CPU", name, False
 
 
 def _have(files: dict) -> str:
@@ -300,3 +391,155 @@ class KVCache:
         self.tokens_fed += sum(len(c) for c in chunks)
         logits = out[0]
         return logits[np.arange(b), last]
+
+
+class SharedKV:
+    """Preallocated ``[batch, n_head, max_seq, head_dim]`` caches bound as both past and
+    present of a decode-graph session, so every run writes its new keys/values in place.
+
+    ``run(ids, pos, past, counts, first)`` feeds ``ids`` [batch, seq] (row r's ``counts[r]``
+    real tokens first, then padding) after row r's ``past[r]`` cached slots and returns the
+    logits [batch, seq, vocab] in a reused buffer (valid until the next run). Padding lands in
+    slots after the row's real ones, which its next call overwrites, and no real token attends
+    to it (causal), so rows need no attention mask.
+
+    onnxruntime's CPU GroupQueryAttention takes several new tokens after a past only for
+    batch 1, so such a call on a batch runs once per row with that row's real tokens, on
+    zero-copy views of its slice of the same buffers (rows are the outermost axis).
+    """
+
+    def __init__(
+        self, sess: Any, n_layer: int, n_head: int, head_dim: int, batch: int, max_seq: int
+    ) -> None:
+        self.sess = sess
+        self.batch, self.max_seq = batch, max_seq
+        self.ins, self.outs = fast_io_names(n_layer)
+        shape = (batch, n_head, max_seq, head_dim)
+        self.buffers = [np.zeros(shape, np.float32) for _ in range(2 * n_layer)]
+        self.vocab = int(sess.get_outputs()[0].shape[-1])
+        self.owner: Any = None  # weakref to the cache using these buffers (session pool)
+        self.io = self._binding(self.buffers)
+        self._row_io: dict[int, Any] = {}
+        self._logits: dict[int, tuple[np.ndarray, Any]] = {}  # seq -> reused output buffer
+        self._seqlens = np.zeros(batch, np.int32)
+        self._total = np.zeros((), np.int32)
+
+    def _binding(self, buffers: Sequence[np.ndarray]) -> Any:
+        import onnxruntime as ort
+
+        io = self.sess.io_binding()
+        io.bind_output("logits")  # first, so it is output 0 whatever is bound later
+        for name_in, name_out, b in zip(self.ins[4:], self.outs[1:], buffers, strict=True):
+            v = ort.OrtValue.ortvalue_from_numpy(b)  # wraps the numpy memory, no copy
+            io.bind_ortvalue_input(name_in, v)
+            io.bind_ortvalue_output(name_out, v)
+        return io
+
+    def _out(self, seq: int) -> tuple[np.ndarray, Any]:
+        out = self._logits.get(seq)
+        if out is None:
+            import onnxruntime as ort
+
+            if len(self._logits) > 8:  # prefill lengths vary; keep the decode sizes
+                self._logits = {k: v for k, v in self._logits.items() if k <= 8}
+            arr = np.empty((self.batch, seq, self.vocab), np.float32)
+            out = self._logits[seq] = (arr, ort.OrtValue.ortvalue_from_numpy(arr))
+        return out
+
+    def run(
+        self,
+        ids: np.ndarray,
+        pos: np.ndarray,
+        past: np.ndarray,
+        counts: np.ndarray,
+        first: bool = False,
+    ) -> np.ndarray:
+        """One model call (class docstring); ``first``: every row starts at slot 0."""
+        b, seq = ids.shape
+        past = np.asarray(past, np.int64)
+        counts = np.asarray(counts, np.int64)
+        if first and past.any():
+            raise ValueError("a first call feeds every row from slot 0")
+        batched = first or seq == 1 or b == 1
+        after = past + (seq if batched else counts)
+        if int(after.max()) > self.max_seq:
+            raise ValueError(f"cache of {self.max_seq} slots cannot hold {int(after.max())}")
+        arr, val = self._out(seq)
+        io = self.io
+        if batched:
+            self._seqlens[:] = after - 1
+            # total == seq on a first call tells the op that every past is empty.
+            self._total[...] = seq if first else int(after.max())
+            io.bind_cpu_input("input_ids", np.ascontiguousarray(ids, np.int64))
+            io.bind_cpu_input("position_ids", np.ascontiguousarray(pos, np.int64))
+            io.bind_cpu_input("seqlens_k", self._seqlens)
+            io.bind_cpu_input("total_sequence_length", self._total)
+            io.bind_ortvalue_output("logits", val)
+            self.sess.run_with_iobinding(io)
+            return arr
+        for r in range(b):
+            k = int(counts[r])
+            if k == 0:
+                continue
+            io = self._row_io.get(r)
+            if io is None:
+                io = self._row_io[r] = self._binding([x[r : r + 1] for x in self.buffers])
+            io.bind_cpu_input("input_ids", np.ascontiguousarray(ids[r : r + 1, :k], np.int64))
+            io.bind_cpu_input("position_ids", np.ascontiguousarray(pos[r : r + 1, :k], np.int64))
+            io.bind_cpu_input("seqlens_k", np.array([after[r] - 1], np.int32))
+            io.bind_cpu_input("total_sequence_length", np.array(after[r], np.int32))
+            io.bind_output("logits")
+            self.sess.run_with_iobinding(io)
+            arr[r, :k] = io.get_outputs()[0].numpy()[0]
+        return arr
+
+
+class FastKVCache:
+    """`KVCache` on the in-place decode graph: same interface (``feed``, ``pos``,
+    ``positions_left``, ``calls``, ``tokens_fed``), no padding slots and no copies.
+
+    Each row's keys/values fill its slots ``0 .. pos[r]-1``; a call writes row r's new tokens
+    right after them, so rows feeding different numbers of tokens need no mask.
+    """
+
+    def __init__(self, session: ModelSession, batch: int, capacity: int) -> None:
+        self.s = session
+        self.batch = batch
+        self.capacity = min(capacity, session.n_positions)
+        self.kv = session._lease_kv(self, batch)
+        self.pos = np.zeros(batch, np.int64)  # slots used = next position id, per row
+        self.calls = 0
+        self.tokens_fed = 0
+
+    @property
+    def length(self) -> int:
+        return int(self.pos.max())
+
+    def positions_left(self, row: int) -> int:
+        return int(self.s.n_positions - self.pos[row])
+
+    def feed(self, chunks: list[list[int]]) -> np.ndarray:
+        """Run the model on each row's new tokens; returns logits [batch, vocab] at each
+        row's last real token (rows that fed nothing get junk logits)."""
+        if len(chunks) != self.batch:
+            raise ValueError(f"need {self.batch} chunks, got {len(chunks)}")
+        b = self.batch
+        counts = np.array([len(c) for c in chunks], np.int64)
+        n = max(1, int(counts.max()))
+        limit = self.s.n_positions
+        for r in range(b):
+            if self.pos[r] + counts[r] > limit:
+                raise ContextFull(f"row {r} would pass the model's {limit} positions")
+        ids = np.full((b, n), PAD, np.int64)
+        for r, c in enumerate(chunks):
+            if c:
+                ids[r, : len(c)] = c
+        pos = np.minimum(self.pos[:, None] + np.arange(n)[None, :], limit - 1)
+        logits = self.kv.run(ids, pos, self.pos, counts, first=self.calls == 0)
+        last = np.maximum(counts - 1, 0)
+        out = logits[np.arange(b), last]  # a copy: the buffer is reused by the next call
+        self.pos += counts
+        self.calls += 1
+        self.s.calls += 1
+        self.tokens_fed += int(counts.sum())
+        return out

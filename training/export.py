@@ -66,6 +66,9 @@ class ExportConfig:
     fp32: bool = field(default=True, metadata={"help": "keep model.onnx (fp32)"})
     int8: bool = field(default=False, metadata={"help": "also write model.int8.onnx"})
     fp16: bool = field(default=False, metadata={"help": "also write model.fp16.onnx (GPU)"})
+    kv: bool = field(
+        default=False, metadata={"help": "also write the in-place decode graph (model.kv*.onnx)"}
+    )
     opset: int = field(default=18, metadata={"help": "ONNX opset (dynamo exporter: >= 18)"})
     tolerance: float = field(default=1e-4, metadata={"help": "max |logit diff| fp32 vs torch"})
     name: str = field(default="", metadata={"help": "model name in bandmate.json"})
@@ -388,6 +391,14 @@ def write_model_folder(
     if not config.fp32:
         fp32.unlink()
         files["fp32"] = None
+    if config.kv:  # the CPU runtime's fast path (bandmate.training.export_fast)
+        from bandmate.training.export_fast import write_fast
+
+        kv_files, report["kv"] = write_fast(
+            model, out, int8=config.int8, fp32=config.fp32, sequences=sequences,
+            tolerance=config.tolerance,
+        )
+        files.update(kv_files)
     vocab.save(out / "tokenizer.json")
     name = config.name or out.resolve().name
 
@@ -439,10 +450,12 @@ def export_random(
     n_positions: int = 512,
     seed: int = 0,
     int8: bool = False,
+    kv: bool = False,
 ) -> Path:
     """A complete model folder with random weights, for tests of everything downstream.
 
-    Same files and names as a trained export; ``val_loss`` is ln(vocab size) (what an
+    Same files and names as a trained export (``kv``: plus the in-place decode graph that
+    the CPU runtime prefers, bandmate.training.export_fast); ``val_loss`` is ln(vocab size) (what an
     untrained model scores) and ``training`` says ``random_weights``. Takes a few seconds.
     """
     codec = codec or CHORALE_CODEC
@@ -452,7 +465,7 @@ def export_random(
         model,
         codec,
         out,
-        ExportConfig(int8=int8, name=f"random-{n_layer}x{n_embd}-seed{seed}"),
+        ExportConfig(int8=int8, kv=kv, name=f"random-{n_layer}x{n_embd}-seed{seed}"),
         labels_seen=codec.voices,
         training={"random_weights": True, "seed": seed, "steps": 0, "tokens": 0},
     )

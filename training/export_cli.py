@@ -3,6 +3,7 @@
 Examples:
   bandmate export runs/small -o models/chorales --int8
   bandmate export runs/seed -o models/seed --int8 --fp16 --no-fp32
+  bandmate export runs/seed -o models/seed --int8 --kv --no-fp32   (fast CPU decoding)
 
 Every export ends with a parity check against PyTorch (fp32 logits within --tolerance, with
 and without past keys/values); a failing check exits with status 3 and keeps nothing.
@@ -25,6 +26,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--int8", action="store_true", help="also write model.int8.onnx")
     parser.add_argument("--fp16", action="store_true", help="also write model.fp16.onnx (GPU)")
     parser.add_argument("--no-fp32", action="store_true", help="drop model.onnx (needs --int8)")
+    parser.add_argument("--kv", action="store_true",
+                        help="also write the in-place decode graph (model.kv*.onnx: the CPU "
+                        "runtime's fast path)")
     parser.add_argument("--checkpoint", default=None, help="a checkpoint folder (default: latest)")
     parser.add_argument("--name", default="", help="model name (default: the folder name)")
     parser.add_argument("--tolerance", type=float, default=1e-4, help="max |logit diff| fp32")
@@ -37,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
             fp32=not args.no_fp32,
             int8=args.int8,
             fp16=args.fp16,
+            kv=args.kv,
             opset=args.opset,
             tolerance=args.tolerance,
             name=args.name,
