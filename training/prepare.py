@@ -631,11 +631,22 @@ def _chunk_done(path: Path) -> bool:
         return False
 
 
-def run_chunk(task: tuple[int, list[SourceFile], dict, str]) -> dict:
-    """Worker entry point (module level, picklable: works with fork and spawn)."""
-    c, files, cfg_json, work = task
-    cfg = PrepareConfig.from_json(cfg_json)
-    return write_chunk(_chunk_path(Path(work), c), [process_file(f, cfg) for f in files])
+#: What every worker of a run needs, set once per worker by `_init_worker` (with fork it is
+#: inherited, not pickled), so a task is a chunk number.
+_JOB: tuple[PrepareConfig, list[SourceFile], int, Path] | None = None
+
+
+def _init_worker(cfg_json: dict, files: list[SourceFile], chunk: int, work: str) -> None:
+    global _JOB
+    _JOB = (PrepareConfig.from_json(cfg_json), files, chunk, Path(work))
+
+
+def run_chunk(c: int) -> dict:
+    """Worker entry point (module level: works with fork and spawn)."""
+    assert _JOB is not None, "the pool's initializer did not run"
+    cfg, files, chunk, work = _JOB
+    part = files[c * chunk : (c + 1) * chunk]
+    return write_chunk(_chunk_path(work, c), [process_file(f, cfg) for f in part])
 
 
 def run_one_file(task: tuple[SourceFile, dict]) -> FileResult:
@@ -697,14 +708,20 @@ class _Pool:
     Replaced after a worker dies (a broken pool accepts no more work).
     """
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, initargs: tuple = ()) -> None:
         self.workers = workers
         self.ctx = _mp_context()
+        self.initargs = initargs
         self._ex: ProcessPoolExecutor | None = None
 
     def get(self) -> ProcessPoolExecutor:
         if self._ex is None:
-            self._ex = ProcessPoolExecutor(max_workers=self.workers, mp_context=self.ctx)
+            self._ex = ProcessPoolExecutor(
+                max_workers=self.workers,
+                mp_context=self.ctx,
+                initializer=_init_worker if self.initargs else None,
+                initargs=self.initargs,
+            )
         return self._ex
 
     def reset(self) -> None:
@@ -720,7 +737,10 @@ def _run_chunks(
     pool: _Pool,
     on_done: Callable[[dict], None],
 ) -> None:
-    """Run work units on the pool; a worker that dies costs only its own files."""
+    """Run work units on the pool; a worker that dies costs only its own files.
+
+    A task is (chunk number, its files, config, work folder); only the number is sent.
+    """
     queue = list(tasks)
     failed: list[tuple[int, list[SourceFile], dict, str]] = []
     while queue:
@@ -731,7 +751,7 @@ def _run_chunks(
             while queue or running:
                 while queue and len(running) < 2 * pool.workers and not broken:
                     t = queue.pop(0)
-                    running[ex.submit(run_chunk, t)] = t
+                    running[ex.submit(run_chunk, t[0])] = t
                 if not running:
                     break
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -1014,14 +1034,19 @@ def _merge(
 
 
 def _lock(work: Path):
-    """An exclusive lock on OUT/.work, so two runs never write the same folder at once."""
+    """An exclusive lock on OUT/.work, so two runs never write the same folder at once.
+
+    A POSIX record lock (`lockf`), not `flock`: it belongs to this process only, so forked
+    workers do not inherit it and a killed run frees it at once, even while its orphaned
+    workers are still exiting.
+    """
     try:
         import fcntl
     except ImportError:  # Windows: no advisory locks; running twice is the user's call
         return None
     fh = open(work / "lock", "a")  # noqa: SIM115 (kept open: the lock lives with it)
     try:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.lockf(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         fh.close()
         raise PrepareError(
@@ -1142,7 +1167,7 @@ def prepare(
                 samples=prog.samples, tokens=prog.tokens, skipped=prog.skipped, refresh=False
             )
 
-    pool = _Pool(workers)
+    pool = _Pool(workers, (cfg_json, files, chunk, str(work)))
     try:
         try:
             _run_chunks(tasks, pool, on_done)

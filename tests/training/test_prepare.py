@@ -480,14 +480,29 @@ def test_mutated_files_never_stop_the_batch(tmp_path):
 
 
 def test_second_run_on_the_same_folder_is_refused(corpus, tmp_path, capsys):
-    import fcntl
+    import subprocess
+    import sys
 
     src, _ = corpus
     out = tmp_path / "o"
     (out / ".work").mkdir(parents=True)
-    with open(out / ".work" / "lock", "a") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)  # as a running `bandmate prepare` holds it
+    holder = subprocess.Popen(  # holds the lock as a running `bandmate prepare` would
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys, time; f = open(sys.argv[1], 'a');"
+            "fcntl.lockf(f.fileno(), fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)",
+            str(out / ".work" / "lock"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
         assert run_cli(src, "-o", out) == 2
         assert "another" in capsys.readouterr().err
+    finally:
+        holder.kill()
+        holder.wait()
     assert run_cli(src, "-o", out, "--workers", 1) == 0
     assert not (out / ".work").exists()
