@@ -73,6 +73,9 @@ WORK = ".work"
 CRASH_ENV = "BANDMATE_PREPARE_TEST_CRASH"
 _NOTE_END = NOTE_OFF0 + 128  # NOTE_ON and NOTE_OFF ids are [NOTE_ON0, _NOTE_END)
 _CONSTS = np.array([PIECE_START, TRACK_START, TRACK_END, DENSITY0], np.int32)
+#: Tracks x bars of one 4/4 stretch above which a file is refused: the per-bar arrays would
+#: take gigabytes (a damaged delta time can put a note days after the others).
+MAX_TRACK_BARS = 8_000_000
 #: Below this many output tokens the merge writes from the parent: forking costs more.
 PARALLEL_WRITE_TOKENS = 1 << 23
 
@@ -377,6 +380,12 @@ def encode_file(
         raise MidiError(
             "no bars in 4/4 time (if its time signatures are wrong: --meter assume-4/4)"
         )
+    for seg in segs:
+        if len(seg.tracks) * seg.bars > MAX_TRACK_BARS:
+            raise MidiError(
+                f"{seg.bars} bars x {len(seg.tracks)} tracks is more than bandmate encodes "
+                f"({MAX_TRACK_BARS:,} track-bars): the file's timing is probably damaged"
+            )
     shifts = cfg.shifts if augment else ()
     density = cfg.density_bins > 0
     orig: list[tuple[np.ndarray, ...]] = []

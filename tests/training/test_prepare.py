@@ -506,3 +506,21 @@ def test_second_run_on_the_same_folder_is_refused(corpus, tmp_path, capsys):
         holder.wait()
     assert run_cli(src, "-o", out, "--workers", 1) == 0
     assert not (out / ".work").exists()
+
+
+def test_absurd_lengths_are_skipped_not_allocated(tmp_path, monkeypatch):
+    import mido
+    from bandmate.training import prepare as P
+
+    mid = mido.MidiFile(type=1, ticks_per_beat=480)
+    for _ in range(4):
+        tr = mido.MidiTrack()
+        tr.append(mido.Message("note_on", note=60, velocity=64, time=0))
+        tr.append(mido.Message("note_off", note=60, velocity=0, time=480))
+        tr.append(mido.Message("note_on", note=62, velocity=64, time=2**24))  # ~2,200 bars on
+        tr.append(mido.Message("note_off", note=62, velocity=0, time=480))
+        mid.tracks.append(tr)
+    mid.save(tmp_path / "late.mid")
+    monkeypatch.setattr(P, "MAX_TRACK_BARS", 4000)
+    with pytest.raises(P.MidiError, match="damaged"):
+        encode_file(tmp_path / "late.mid", PrepareConfig(sources=("x",)))
