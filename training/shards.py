@@ -57,6 +57,36 @@ def atomic_save_npy(path: str | Path, arr: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
+def plan_shards(lengths: np.ndarray, shard_tokens: int = DEFAULT_SHARD_TOKENS) -> np.ndarray:
+    """The index `ShardWriter` would write for these sample lengths, without writing.
+
+    Greedy, in order: a shard takes samples while they fit; a sample longer than a shard gets
+    a shard of its own. Lets several processes write their samples straight into place.
+    """
+    lengths = np.asarray(lengths, np.int64)
+    n = len(lengths)
+    idx = np.zeros((n, 3), np.int64)
+    ends = np.cumsum(lengths)
+    i = pos = k = fill = 0
+    while i < n:
+        j = int(np.searchsorted(ends, pos + shard_tokens - fill, side="right"))
+        if j <= i:
+            if fill:
+                k, fill = k + 1, 0
+                continue
+            j = i + 1
+        lens = lengths[i:j]
+        idx[i:j, 0] = k
+        idx[i:j, 1] = fill + np.cumsum(lens) - lens
+        idx[i:j, 2] = lens
+        fill += int(lens.sum())
+        pos = int(ends[j - 1])
+        i = j
+        if fill >= shard_tokens:
+            k, fill = k + 1, 0
+    return idx
+
+
 class ShardWriter:
     """Appends samples to ``{split}-NNNNN.bin`` shards; `close` writes the index.
 

@@ -73,3 +73,17 @@ def test_training_reader_uses_it(tmp_path):
     w.close()
     split = open_data(tmp_path, "train")
     np.testing.assert_array_equal(sample_lengths(split), [3, 7])
+
+
+@pytest.mark.parametrize("shard_tokens", [1, 5, 13, 40, 1 << 20])
+def test_plan_shards_matches_the_writer(tmp_path, shard_tokens):
+    from bandmate.training.shards import plan_shards
+
+    rng = np.random.default_rng(shard_tokens)
+    lens = rng.integers(1, 20, 200)
+    w = ShardWriter(tmp_path, "train", shard_tokens)
+    for a in range(0, 200, 37):
+        part = lens[a : a + 37]
+        w.add(np.zeros(int(part.sum()), np.uint16), part)
+    np.testing.assert_array_equal(plan_shards(lens, shard_tokens), w.close())
+    assert plan_shards(np.zeros(0, np.int64), 4).shape == (0, 3)
