@@ -59,12 +59,6 @@ def _once(fn) -> tuple[float, float, object]:
     return time.perf_counter() - t0, _cpu() - c0, out
 
 
-def _best(fn, repeat: int) -> tuple[float, float, object]:
-    """Best wall time and best CPU time of `repeat` runs, and the last result."""
-    runs = [_once(fn) for _ in range(repeat)]
-    return min(r[0] for r in runs), min(r[1] for r in runs), runs[-1][2]
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("folder", nargs="?", default=str(DEFAULT))
@@ -108,22 +102,6 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(out, ignore_errors=True)
         return prepare(cfg, out, workers=w, progress=False)
 
-    try:
-        run(1)  # warm the page cache and imports
-        # Alternate 1 worker and all workers, so a change in the machine's load hits both.
-        r1, rn = [], []
-        for _ in range(a.repeat):
-            r1.append(_once(lambda: run(1)))
-            rn.append(_once(lambda: run(workers)))
-        t1, c1, m1 = min(r[0] for r in r1), min(r[1] for r in r1), r1[-1][2]
-        tn = min(r[0] for r in rn)
-        assert (tmp / "w1" / "train-00000.bin").read_bytes() == (
-            tmp / f"w{workers}" / "train-00000.bin"
-        ).read_bytes()
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    tokens = m1["tokens"]["train"] + m1["tokens"]["val"]
-
     def encode_all(c: PrepareConfig) -> int:
         n = 0
         for f in files:
@@ -131,12 +109,54 @@ def main(argv: list[str] | None = None) -> int:
                 n += len(encode_file(f.abspath, c, augment=False).tokens)
         return n
 
-    te, _, enc_tokens = _best(lambda: encode_all(cfg), a.repeat)
     # Each note once (windows do not overlap): the like-for-like comparison with a tokenizer
     # that encodes a whole file once, as MidiTok does.
     once = dataclasses.replace(cfg, hop=cfg.bars)
-    t_once, c_once, once_tokens = _best(lambda: encode_all(once), a.repeat)
+    miditok_all = None
+    if not a.skip_miditok:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from miditok import MMM, TokenizerConfig
 
+            tok = MMM(TokenizerConfig(base_tokenizer="TSD"))
+        paths = [Path(f.abspath) for f in files]
+
+        def miditok_all() -> int:
+            n = 0
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                for p in paths:
+                    with contextlib.suppress(Exception):  # MidiTok's failures do not count
+                        n += len(tok.encode(p).ids)
+            return n
+
+    # Every measurement once per round, rounds repeated: a change in the machine's load hits
+    # all of them alike; each figure is the best of its rounds.
+    runs: dict[str, list] = {k: [] for k in ("w1", "wn", "enc", "once", "mt")}
+    try:
+        run(1)  # warm the page cache and imports
+        for _ in range(a.repeat):
+            runs["w1"].append(_once(lambda: run(1)))
+            runs["wn"].append(_once(lambda: run(workers)))
+            runs["enc"].append(_once(lambda: encode_all(cfg)))
+            runs["once"].append(_once(lambda: encode_all(once)))
+            if miditok_all is not None:
+                runs["mt"].append(_once(miditok_all))
+        assert (tmp / "w1" / "train-00000.bin").read_bytes() == (
+            tmp / f"w{workers}" / "train-00000.bin"
+        ).read_bytes()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    def best(key: str) -> tuple[float, float, object]:
+        r = runs[key]
+        return min(x[0] for x in r), min(x[1] for x in r), r[-1][2]
+
+    t1, c1, m1 = best("w1")
+    tn, _, _ = best("wn")
+    te, _, enc_tokens = best("enc")
+    t_once, c_once, once_tokens = best("once")
+    tokens = m1["tokens"]["train"] + m1["tokens"]["val"]
     result: dict = {
         "folder": folder,
         "meter": meter,
@@ -145,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         "tokens": tokens,
         "samples": m1["samples"]["train"] + m1["samples"]["val"],
         "workers": workers,
+        "repeat": a.repeat,
         "one_worker_s": round(t1, 3),
         "all_workers_s": round(tn, 3),
         "encode_only_s": round(te, 3),
@@ -161,25 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         "tokens_per_cpu_s": round(tokens / c1),
         "each_note_once_tokens_per_cpu_s": round(once_tokens / c_once),
     }
-    if not a.skip_miditok:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            from miditok import MMM, TokenizerConfig
-
-            tok = MMM(TokenizerConfig(base_tokenizer="TSD"))
-            paths = [Path(f.abspath) for f in files]
-
-            def miditok_all() -> int:
-                n = 0
-                for p in paths:
-                    try:
-                        seq = tok.encode(p)
-                        n += len(seq.ids)
-                    except Exception:  # MidiTok's own failures do not count
-                        pass
-                return n
-
-            tm, cm, mt_tokens = _best(miditok_all, a.repeat)
+    if runs["mt"]:
+        tm, cm, mt_tokens = best("mt")
         result["miditok"] = "MidiTok 3.1.0 MMM(base_tokenizer=TSD), default TokenizerConfig"
         result["miditok_tokens"] = mt_tokens
         result["miditok_s"] = round(tm, 3)
