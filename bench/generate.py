@@ -1,8 +1,11 @@
 """Generation speed: the ONNX engine vs Hugging Face ``generate()`` on the same prompts.
 
 Models: the shipped model (when present, or ``--model DIR``) and a seed-size (20M parameter,
-6x512, 2048 positions) random-weight export with int8 (made once into ``--seed-dir``).
-Prompts: the first bars of shared JS Fake Chorales. Per model:
+6x512, 2048 positions) random-weight export with int8 and the in-place decode graph (made
+once into ``--seed-dir``). Prompts: the first bars of shared JS Fake Chorales. Per model, the
+engine as it runs by default (the decode graph ``model.kv*.onnx`` when the folder has it),
+and under ``contract_graph`` the same figures through the contract graph (``model*.onnx``,
+the fallback path, the baseline of this work) in the same run:
 
 - ``ms_per_token``: wall time of the real tasks (4 bars in, continue 4 bars; add a bass
   track over them) divided by the sampled tokens, everything included (prefills, grammar,
@@ -15,6 +18,7 @@ Prompts: the first bars of shared JS Fake Chorales. Per model:
   (eight tracks of four bars, add a bass);
 - ``realtime_factor``: seconds of music at 120 BPM written per second of wall time.
 
+The machine's load average is recorded before and after (a shared 2-core box is noisy).
 The last line is the JSON summary.
 """
 
@@ -64,11 +68,14 @@ def prompts(config, n: int) -> list:
 
 
 def seed_model(folder: Path) -> Path:
-    if not (folder / "bandmate.json").is_file():
+    meta = folder / "bandmate.json"
+    if not meta.is_file() or not json.loads(meta.read_text())["onnx"].get("kv_int8"):
         from bandmate.training.export import export_random
 
         print(f"exporting the seed-size random model to {folder} ...", file=sys.stderr)
-        export_random(folder, n_layer=6, n_head=8, n_embd=512, n_positions=2048, int8=True)
+        export_random(
+            folder, n_layer=6, n_head=8, n_embd=512, n_positions=2048, int8=True, kv=True
+        )
     return folder
 
 
@@ -106,16 +113,26 @@ def engine_tasks(session, ps, seed: int) -> dict:
     }
 
 
-def decode_step(session, ctx: int = 500, steps: int = 64) -> float:
+def decode_step(session, ctx: int = 500, steps: int = 64) -> dict:
+    """One KV-cached step at a ``ctx``-token context, and the prefill of that context."""
     rng = np.random.default_rng(0)
-    cache = session.new_cache(1)
-    cache.feed([rng.integers(10, 280, ctx).tolist()])
+    prefill = []
+    for _ in range(3):
+        cache = session.new_cache(1)
+        t0 = time.perf_counter()
+        cache.feed([rng.integers(10, 280, ctx).tolist()])
+        prefill.append(time.perf_counter() - t0)
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
         cache.feed([[int(rng.integers(10, 280))]])
         times.append(time.perf_counter() - t0)
-    return 1000 * float(np.median(times[4:]))
+    t = np.array(times[4:]) * 1000
+    return {
+        "decode_ms_per_token": float(np.median(t)),
+        "decode_ms_p10": float(np.percentile(t, 10)),
+        f"prefill_{ctx}_ms": 1000 * float(np.median(prefill)),
+    }
 
 
 def ttfn(session, ps, seed: int) -> tuple[float, int]:
@@ -172,24 +189,38 @@ def hf_generate(meta: dict, ids: np.ndarray, new: int) -> float:
     return 1000 * (time.perf_counter() - t0) / new
 
 
-def bench_model(label: str, folder: Path, ps_all, n_prompts: int, new: int, seed: int) -> dict:
+def engine(session, ps, seed: int, new: int) -> dict:
     from bandmate.models.codec import encode_piece
-    from bandmate.models.session import ModelSession
 
-    session = ModelSession.load(folder)
-    ps = prompts(session.config, n_prompts) if ps_all is None else ps_all
-    res = {"model": session.name, "onnx": session.onnx_file, "provider": session.provider}
-    # Warm up (first runs allocate).
-    decode_step(session, ctx=64, steps=8)
+    res = {"onnx": session.onnx_file, "provider": session.provider}
+    decode_step(session, ctx=64, steps=8)  # warm up (first runs allocate)
     res.update(engine_tasks(session, ps, seed))
-    res["decode_ms_per_token"] = decode_step(session)
+    res.update(decode_step(session))
     res["time_to_first_note_ms"], res["ttfn_prompt_tokens"] = ttfn(session, ps, seed)
     ids = encode_piece(ps[0], session.config)
     res["onnx_same_ms_per_token"] = float(np.mean(
         [onnx_same(session, ids, new, seed + k) for k in range(2)]))
+    return res
+
+
+def bench_model(label: str, folder: Path, n_prompts: int, new: int, seed: int,
+                baseline: bool) -> dict:
+    from bandmate.models.codec import encode_piece
+    from bandmate.models.session import ModelSession
+
+    session = ModelSession.load(folder)
+    ps = prompts(session.config, n_prompts)
+    res = {"model": session.name, "fast_graph": session.fast}
+    res.update(engine(session, ps, seed, new))
+    if baseline and session.fast:
+        res["contract_graph"] = engine(ModelSession.load(folder, fast=False), ps, seed, new)
+    ids = encode_piece(ps[0], session.config)
     res["hf_ms_per_token"] = hf_generate(session.meta, ids, new)
     res["hf_prompt_tokens"], res["hf_new_tokens"] = len(ids), new
     res["speedup_vs_hf"] = res["hf_ms_per_token"] / res["onnx_same_ms_per_token"]
+    if "contract_graph" in res:
+        c = res["contract_graph"]
+        c["speedup_vs_hf"] = res["hf_ms_per_token"] / c["onnx_same_ms_per_token"]
     print(f"{label}: {json.dumps(res)}", file=sys.stderr)
     return res
 
@@ -202,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    ap.add_argument("--no-baseline", action="store_true",
+                    help="skip the contract-graph baseline (the old path)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     import torch
@@ -210,18 +243,24 @@ def main(argv: list[str] | None = None) -> int:
     from bandmate.models.session import default_model_dir
 
     models = {}
+    load_before = os.getloadavg()
+    base = not args.no_baseline
     shipped = args.model or default_model_dir()
     if (shipped / "bandmate.json").is_file():
-        models["shipped"] = bench_model("shipped", shipped, None, args.prompts, args.new_tokens,
-                                        args.seed)
+        models["shipped"] = bench_model("shipped", shipped, args.prompts, args.new_tokens,
+                                        args.seed, base)
     else:
         print(f"no shipped model at {shipped}: benchmarking the seed-size model only",
               file=sys.stderr)
     models["seed_20m_random_int8"] = bench_model(
-        "seed", seed_model(args.seed_dir), None, args.prompts, args.new_tokens, args.seed
+        "seed", seed_model(args.seed_dir), args.prompts, args.new_tokens, args.seed, base
     )
+    from bandmate.models.session import _threads
+
     summary = {
         "device": f"{os.cpu_count()}-core CPU ({cpu_name()})",
+        "load_avg_1m_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
+        "ort_threads_fast_graph": _threads(fast=True),
         "torch_threads": torch.get_num_threads(),
         **{k: v for k, v in models.items()},
     }
