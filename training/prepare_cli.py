@@ -59,7 +59,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--transpose",
         type=_transpose,
-        default=(-5, 6),
+        default="-5:6",
         metavar="LO:HI",
         help="train-only transposition augmentation in semitones (0:0 = none); "
         "write a negative LO with =, as in --transpose=-5:6",
@@ -73,7 +73,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--density-edges",
         type=_floats,
-        default=(),
+        default="",
         metavar="E1,E2,..",
         help="fixed bucket edges (density-bins - 1 values) instead of training quantiles; "
         "give every --shard part the same edges",
@@ -81,7 +81,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--voices",
         type=_words,
-        default=(),
+        default="",
         metavar="L1,L2,..",
         help="label tracks by order (the chorales: SOPRANO,ALTO,TENOR,BASS)",
     )
@@ -93,7 +93,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--workers", type=int, default=0, help="worker processes (0 = every core)")
     parser.add_argument(
-        "--shard", type=_shard, default=(0, 1), metavar="I/N", help="take part I of N (0-based)"
+        "--shard", type=_shard, default="0/1", metavar="I/N", help="take part I of N (0-based)"
     )
     parser.add_argument(
         "--format", choices=("bin", "text"), default="bin", help="uint16 shards or text lines"
