@@ -189,6 +189,59 @@ def hf_generate(meta: dict, ids: np.ndarray, new: int) -> float:
     return 1000 * (time.perf_counter() - t0) / new
 
 
+def sweep(folder: Path, ctx: int = 300, steps: int = 40) -> list[dict]:
+    """Decode step and prefill of the decode graph per ORT setting (threads, spinning,
+    graph optimisation level; execution is sequential throughout), interleaved twice so a
+    load change hits every setting alike."""
+    import onnxruntime as ort
+    from bandmate.models.session import ModelSession, SharedKV
+
+    s = ModelSession.load(folder)
+    if not s.fast:
+        return []
+    path = str(folder / s.onnx_file)
+    L = ort.GraphOptimizationLevel
+    settings = [
+        (1, 0, "all"), (2, 0, "all"), (2, 1, "all"), (1, 0, "extended"), (1, 0, "basic"),
+    ]
+    levels = {"all": L.ORT_ENABLE_ALL, "extended": L.ORT_ENABLE_EXTENDED,
+              "basic": L.ORT_ENABLE_BASIC}
+    rng = np.random.default_rng(0)
+    res: dict[tuple, dict] = {}
+    for _ in range(2):
+        for th, spin, level in settings:
+            so = ort.SessionOptions()
+            so.log_severity_level = 3
+            so.intra_op_num_threads = th
+            so.inter_op_num_threads = 1
+            so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            so.graph_optimization_level = levels[level]
+            so.add_session_config_entry("session.intra_op.allow_spinning", str(spin))
+            sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+            kv = SharedKV(sess, s.n_layer, s.n_head, s.head_dim, 1, ctx + steps + 1)
+            ids = rng.integers(10, 280, (1, ctx))
+            pre = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                kv.run(ids, np.arange(ctx)[None], np.zeros(1), np.array([ctx]), first=True)
+                pre.append(time.perf_counter() - t0)
+            times = []
+            for k in range(steps):
+                t0 = time.perf_counter()
+                kv.run(rng.integers(10, 280, (1, 1)), np.array([[ctx + k]]),
+                       np.array([ctx + k]), np.array([1]))
+                times.append(time.perf_counter() - t0)
+            r = res.setdefault((th, spin, level), {"decode": [], "prefill": []})
+            r["decode"] += times[4:]
+            r["prefill"] += pre[1:]
+    return [
+        {"intra_op_threads": th, "spinning": bool(spin), "graph_optimization": level,
+         f"decode_ms_at_{ctx}": round(1000 * float(np.median(r["decode"])), 3),
+         f"prefill_{ctx}_ms": round(1000 * float(np.median(r["prefill"])), 1)}
+        for (th, spin, level), r in res.items()
+    ]
+
+
 def engine(session, ps, seed: int, new: int) -> dict:
     from bandmate.models.codec import encode_piece
 
@@ -233,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    ap.add_argument("--sweep", action="store_true",
+                    help="also time the decode graph per ORT thread/optimisation setting")
     ap.add_argument("--no-baseline", action="store_true",
                     help="skip the contract-graph baseline (the old path)")
     args = ap.parse_args(argv)
@@ -257,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     from bandmate.models.session import _threads
 
+    if args.sweep:
+        models["ort_settings_sweep_seed_20m"] = sweep(seed_model(args.seed_dir))
     summary = {
         "device": f"{os.cpu_count()}-core CPU ({cpu_name()})",
         "load_avg_1m_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
