@@ -20,6 +20,7 @@ exports, fp16, CUDA) use `KVCache` over the contract graph.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -423,6 +424,10 @@ class SharedKV:
         self._logits: dict[int, tuple[np.ndarray, Any]] = {}  # seq -> reused output buffer
         self._seqlens = np.zeros(batch, np.int32)
         self._total = np.zeros((), np.int32)
+        # One-token steps (most calls) write into these prebound arrays: no binding per step.
+        self._ids1 = np.zeros((batch, 1), np.int64)
+        self._pos1 = np.zeros((batch, 1), np.int64)
+        self._step_bound = False
 
     def _binding(self, buffers: Sequence[np.ndarray]) -> Any:
         import onnxruntime as ort
@@ -446,6 +451,29 @@ class SharedKV:
             out = self._logits[seq] = (arr, ort.OrtValue.ortvalue_from_numpy(arr))
         return out
 
+    def step(self, tokens: Sequence[int], past: np.ndarray, max_pos: int) -> np.ndarray:
+        """One token per row after ``past[r]`` slots (a row that has nothing to feed passes
+        any token: its slot is overwritten later); logits [batch, 1, vocab], reused buffer."""
+        import onnxruntime as ort
+
+        after = past + 1
+        if int(after.max()) > self.max_seq:
+            raise ValueError(f"cache of {self.max_seq} slots cannot hold {int(after.max())}")
+        arr, val = self._out(1)
+        io = self.io
+        if not self._step_bound:
+            for name, a in (("input_ids", self._ids1), ("position_ids", self._pos1),
+                            ("seqlens_k", self._seqlens), ("total_sequence_length", self._total)):
+                io.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(a))
+            io.bind_ortvalue_output("logits", val)
+            self._step_bound = True
+        self._ids1[:, 0] = tokens
+        np.minimum(past, max_pos, out=self._pos1[:, 0])
+        self._seqlens[:] = past
+        self._total[...] = int(after.max())
+        self.sess.run_with_iobinding(io)
+        return arr
+
     def run(
         self,
         ids: np.ndarray,
@@ -466,6 +494,7 @@ class SharedKV:
             raise ValueError(f"cache of {self.max_seq} slots cannot hold {int(after.max())}")
         arr, val = self._out(seq)
         io = self.io
+        self._step_bound = False
         if batched:
             self._seqlens[:] = after - 1
             # total == seq on a first call tells the op that every past is empty.
@@ -492,6 +521,13 @@ class SharedKV:
             self.sess.run_with_iobinding(io)
             arr[r, :k] = io.get_outputs()[0].numpy()[0]
         return arr
+
+
+#: A first call of one row longer than this is pre-filled in equal chunks of at most this
+#: many tokens: attention then skips most of the masked half of the prompt's square
+#: (GroupQueryAttention computes it whole), measured 95 -> 72 ms for 500 tokens (int8 seed
+#: model, one thread). Chunks change int8 activation scales slightly (logits within ~0.05).
+PREFILL_CHUNK = 160
 
 
 class FastKVCache:
@@ -530,14 +566,26 @@ class FastKVCache:
         for r in range(b):
             if self.pos[r] + counts[r] > limit:
                 raise ContextFull(f"row {r} would pass the model's {limit} positions")
-        ids = np.full((b, n), PAD, np.int64)
-        for r, c in enumerate(chunks):
-            if c:
-                ids[r, : len(c)] = c
-        pos = np.minimum(self.pos[:, None] + np.arange(n)[None, :], limit - 1)
-        logits = self.kv.run(ids, pos, self.pos, counts, first=self.calls == 0)
-        last = np.maximum(counts - 1, 0)
-        out = logits[np.arange(b), last]  # a copy: the buffer is reused by the next call
+        if n == 1 and self.calls:  # the common decode step: prebound inputs
+            logits = self.kv.step([c[0] if c else PAD for c in chunks], self.pos, limit - 1)
+            out = logits[:, 0].copy()  # the buffer is reused by the next call
+        else:
+            ids = np.full((b, n), PAD, np.int64)
+            for r, c in enumerate(chunks):
+                if c:
+                    ids[r, : len(c)] = c
+            pos = np.minimum(self.pos[:, None] + np.arange(n)[None, :], limit - 1)
+            last = np.maximum(counts - 1, 0)
+            if self.calls == 0 and b == 1 and n > PREFILL_CHUNK:
+                k = -(-n // PREFILL_CHUNK)
+                cuts = [n * i // k for i in range(k + 1)]
+                for lo, hi in itertools.pairwise(cuts):
+                    logits = self.kv.run(ids[:, lo:hi], pos[:, lo:hi], np.array([lo]),
+                                         np.array([hi - lo]), first=lo == 0)
+                last -= cuts[-2]
+            else:
+                logits = self.kv.run(ids, pos, self.pos, counts, first=self.calls == 0)
+            out = logits[np.arange(b), last]  # a copy: the buffer is reused by the next call
         self.pos += counts
         self.calls += 1
         self.s.calls += 1

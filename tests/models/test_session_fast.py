@@ -81,6 +81,7 @@ def _plans(rng, lengths, pattern):
     "lengths,pattern",
     [
         ((40,), [(30, 1, 4, 1, 4)]),
+        ((400,), [(350, 1, 40, 1, 8)]),  # a prefill over PREFILL_CHUNK: run in chunks
         ((40, 25), [(30, 1, 4, 1, 4), (10, 12, 0, 1, 2)]),
         ((9, 9, 9), [(3, 1, 1, 2, 2), (3, 3, 1, 1, 1), (3, 0, 3, 1, 2)]),
     ],
