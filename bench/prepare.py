@@ -13,6 +13,8 @@ windows (each note once, like MidiTok's one pass over a file) and gives the like
 `speedup_vs_miditok_each_note_once`. Each figure is the best of --repeat runs (the machine
 may be shared; best-of is the least disturbed); the `*_cpu_s` figures divide by CPU time
 (this process and its workers) instead of wall time, which a busy machine disturbs less.
+`parallel_speedup_control` is the same ratio for processes that only spin, measured in each
+round: the parallelism the machine offered meanwhile (2.0 on an idle 2-core machine).
 The last line is JSON: files_per_s_per_core,
 tokens_per_s_per_core (full un-augmented run, one worker), miditok_tokens_per_s_per_core,
 speedup_vs_miditok, parallel_speedup (one-worker time / all-workers time), plus the details.
@@ -57,6 +59,27 @@ def _once(fn) -> tuple[float, float, object]:
     t0, c0 = time.perf_counter(), _cpu()
     out = fn()
     return time.perf_counter() - t0, _cpu() - c0, out
+
+
+def _spin(seconds: float) -> int:
+    """Count loop turns for `seconds` of wall time: pure CPU, no memory traffic."""
+    end = time.perf_counter() + seconds
+    n = 0
+    while time.perf_counter() < end:
+        n += 1
+    return n
+
+
+def _control(workers: int, seconds: float = 0.5) -> float:
+    """How much parallelism the machine offers right now: the turns `workers` spinning
+    processes make together, over what one makes alone (ideal: `workers`)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    with ctx.Pool(workers) as p:
+        one = sum(p.map(_spin, [seconds]))
+        many = sum(p.map(_spin, [seconds] * workers))
+    return many / one
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,11 +156,13 @@ def main(argv: list[str] | None = None) -> int:
     # Every measurement once per round, rounds repeated: a change in the machine's load hits
     # all of them alike; each figure is the best of its rounds.
     runs: dict[str, list] = {k: [] for k in ("w1", "wn", "enc", "once", "mt")}
+    control: list[float] = []
     try:
         run(1)  # warm the page cache and imports
         for _ in range(a.repeat):
             runs["w1"].append(_once(lambda: run(1)))
             runs["wn"].append(_once(lambda: run(workers)))
+            control.append(_control(workers))
             runs["enc"].append(_once(lambda: encode_all(cfg)))
             runs["once"].append(_once(lambda: encode_all(once)))
             if miditok_all is not None:
@@ -177,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
         "files_per_s_per_core": round(len(files) / t1, 1),
         "tokens_per_s_per_core": round(tokens / t1),
         "parallel_speedup": round(t1 / tn, 3),
+        # The same ratio for processes that only spin, measured between our runs: the
+        # parallelism the machine itself offered (ideal = workers).
+        "parallel_speedup_control": round(max(control), 3),
         # CPU-time figures: what the wall-clock ones would be on an idle core.
         "one_worker_cpu_s": round(c1, 3),
         "tokens_per_cpu_s": round(tokens / c1),
