@@ -106,3 +106,39 @@ def test_exact_gelu_model(tmp_path):
     with torch.no_grad():
         path = export_fast(m, tmp_path / KV_FP32_NAME)
     assert fast_parity_check(m, path)["max_abs_logit_diff"] <= 1e-4
+
+
+def test_export_cli_with_kv_then_generate(tmp_path):
+    """`bandmate export RUN -o DIR --int8 --kv --no-fp32` on a real tiny run: the folder
+    loads on the decode graph and generates."""
+    from bandmate.models import generate as G
+    from bandmate.models.sampler import SamplingConfig
+    from bandmate.models.session import ModelSession
+    from bandmate.models.types import Note, Piece, Track
+    from bandmate.training.export import CHORALE_CODEC
+    from bandmate.training.synthetic import write_synthetic_data
+    from bandmate.training.train import TrainConfig, train
+
+    from bandmate.cli import main
+
+    data = write_synthetic_data(tmp_path / "data", CHORALE_CODEC, 32, 16)
+    cfg = TrainConfig(preset="tiny", n_positions=128, batch_size=4, max_steps=4, lr=3e-3,
+                      warmup_steps=1, eval_every=4, save_every=4)
+    train(data, tmp_path / "run", cfg, progress=False)
+    out = tmp_path / "model"
+    argv = ["export", str(tmp_path / "run"), "-o", str(out), "--int8", "--kv", "--no-fp32"]
+    assert main(argv) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "bandmate.json", "model.int8.onnx", KV_INT8_NAME, "tokenizer.json"
+    ]
+    meta = json.loads((out / "bandmate.json").read_text())
+    assert meta["onnx"]["kv_int8"] == KV_INT8_NAME and meta["onnx"]["kv_fp32"] is None
+    assert meta["export"]["kv"]["parity"]["max_abs_logit_diff"] <= 1e-4
+    s = ModelSession.load(out)
+    assert s.fast and s.onnx_file == KV_INT8_NAME
+    piece = Piece(
+        tracks=(Track("SOPRANO", tuple(Note(4 * i, 60 + i, 4 * i + 4) for i in range(4))),),
+        bars=1,
+    )
+    done = G.continue_piece(s, piece, 1, sampling=SamplingConfig(seed=0))
+    assert done.bars == 2
