@@ -214,8 +214,15 @@ class ModelSession:
     def _lease_kv(self, owner: object, batch: int) -> SharedKV:
         """Cache buffers for ``batch`` rows, reused from a cache that no longer exists when
         there is one (allocating ~50 MB per row for a 2048-position model each window would
-        cost more than the prefill). At most two buffer sets per batch size are kept."""
+        cost more than the prefill). At most two buffer sets are kept, of the batch size last
+        asked for (plus those still in use)."""
         with self._pool_lock:
+            for b in [b for b in self._pool if b != batch]:  # keep one batch size's buffers
+                live = [kv for kv in self._pool[b] if kv.owner is not None and kv.owner()]
+                if live:
+                    self._pool[b] = live
+                else:
+                    del self._pool[b]
             sets = self._pool.setdefault(batch, [])
             for kv in sets:
                 if kv.owner is None or kv.owner() is None:
