@@ -123,9 +123,10 @@ def test_buffers_are_reused_and_never_shared_by_live_caches(fast, slow):
     del a
     gc.collect()
     assert fast.new_cache(1).kv is kv  # a dead cache's buffers are handed out again
+    del b
     gc.collect()
-    fast.new_cache(3)
-    assert set(fast._pool) == {3}  # unused buffers of other batch sizes are dropped
+    c3 = fast.new_cache(3)
+    assert set(fast._pool) == {3} and c3.kv in fast._pool[3]  # unused buffers of other batch sizes are dropped
 
 
 def test_same_notes_as_the_contract_graph(fast, slow, prompt):
