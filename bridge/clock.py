@@ -285,14 +285,21 @@ class MidiClockFollower(_Listeners):
         if n < 1 or len(h) < 8:
             n = 1  # too few clocks for a trustworthy line: count them
         if n > 1:
-            if self._last_gap or n > self.max_gap:
-                self.lost_ticks -= self._last_gap  # that first "gap" was the change too
-                # two gaps in a row (or a huge one): a tempo change, not lost clocks. Re-base
-                # the line on this clock.
+            if n > self.max_gap:
+                # far too late for lost clocks (JACK loses a cycle's worth, not a beat): the
+                # sender stalled. Count it as the next clock; the robust fit ignores it.
                 n = 1
-                keep = h[-1]
+                self._last_gap = 0
+            elif self._last_gap:
+                # two gaps in a row: the tempo dropped, no clocks were lost. Take the first
+                # "gap" back and re-base the line on the last two clocks.
+                g = self._last_gap
+                self.lost_ticks -= g
+                k_prev, t_prev = h.pop()
+                k_last = k_prev - g
                 h.clear()
-                h.append(keep)
+                h.append((k_last, t_prev))
+                n = 1
                 self._last_gap = 0
             else:
                 self.lost_ticks += n - 1
@@ -307,19 +314,23 @@ class MidiClockFollower(_Listeners):
         self._st = ClockState(True, tempo, k0, t0, s.epoch)
 
     def _fit(self) -> tuple[float, float] | None:
-        """Least squares t = a + b*k over the history; None if too few points."""
-        h = self._hist
-        n = len(h)
-        if n < 3:
-            return None
-        mk = sum(k for k, _ in h) / n
-        mt = sum(t for _, t in h) / n
-        sxx = sum((k - mk) ** 2 for k, _ in h)
-        if sxx <= 0:
-            return None
-        sxy = sum((k - mk) * (t - mt) for k, t in h)
-        b = sxy / sxx
-        return mt - b * mk, b
+        """Least squares t = a + b*k over the history, refitted without the clocks far off
+        the first line (a sender that stalls and then sends a burst
+        must not swing the tempo); None if too few points."""
+        pts = list(self._hist)
+        f = _lsq(pts)
+        if f is None or len(pts) < 8:
+            return f
+        a, b = f
+        res = [abs(t - (a + b * k)) for k, t in pts]
+        # arrival times are quantised to JACK periods (up to ~5 ms of honest jitter): only
+        # reject points well outside both half a clock and 4x the typical residual
+        mad = sorted(res)[len(res) // 2]
+        lim = max(abs(b) / 2, 4 * mad)
+        good = [pt for pt, r in zip(pts, res, strict=True) if r <= lim]
+        if len(good) >= max(len(pts) // 2, 3) and len(good) < len(pts):
+            return _lsq(good) or f
+        return f
 
     def _fit_tempo(self, prior: float) -> float:
         f = self._fit()
@@ -335,6 +346,20 @@ class MidiClockFollower(_Listeners):
             return float(k_last), t_last
         a, b = f
         return float(k_last), int(a + b * k_last)
+
+
+def _lsq(pts: list[tuple[int, int]]) -> tuple[float, float] | None:
+    n = len(pts)
+    if n < 3:
+        return None
+    mk = sum(k for k, _ in pts) / n
+    mt = sum(t for _, t in pts) / n
+    sxx = sum((k - mk) ** 2 for k, _ in pts)
+    if sxx <= 0:
+        return None
+    sxy = sum((k - mk) * (t - mt) for k, t in pts)
+    b = sxy / sxx
+    return mt - b * mk, b
 
 
 class AutoClock(_Listeners):

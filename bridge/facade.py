@@ -24,7 +24,12 @@ import mido
 import rtmidi
 from bandmate.bridge.capture import Capture, CaptureConfig
 from bandmate.bridge.clock import AutoClock, InternalClock, MidiClockFollower
-from bandmate.bridge.ports import API_CHOICES, InputPort, OutputPort, PortError, resolve_api
+from bandmate.bridge.ports import (
+    API_CHOICES,
+    InputPort,
+    OutputPort,
+    resolve_api,
+)
 from bandmate.bridge.scheduler import LATE_POLICIES, Scheduler, SchedulerConfig
 
 log = logging.getLogger(__name__)
@@ -108,9 +113,9 @@ class Bridge:
         self.out: OutputPort | None = None
         self.scheduler = Scheduler(self._send, self.clock, c.scheduler_config())
         self._listeners: list[MessageListener] = []
+        self._jack_monitor = None
         self._watch_stop = threading.Event()
         self._watcher: threading.Thread | None = None
-        self._jack_monitor = None
         self.port_lost = 0
         self.reopened = 0
         self._closed = False
@@ -154,9 +159,9 @@ class Bridge:
 
             try:
                 server = os.environ.get("JACK_DEFAULT_SERVER", "default")
-                self._jack_monitor = XrunCounter(server, "bandmate-watch")
+                self._jack_monitor = XrunCounter(server, f"{c.out_name} watch")
             except Exception:
-                log.debug("no JACK monitor client", exc_info=True)
+                log.debug("no JACK shutdown monitor", exc_info=True)
                 self._jack_monitor = None
 
     def _close_ports(self, server_gone: bool = False) -> None:
@@ -165,10 +170,10 @@ class Bridge:
                 with contextlib.suppress(Exception):
                     p.abandon() if server_gone else p.close()
         self.inp = self.out = None
-        if self._jack_monitor is not None:
+        mon, self._jack_monitor = self._jack_monitor, None
+        if mon is not None:
             with contextlib.suppress(Exception):
-                self._jack_monitor.close()
-            self._jack_monitor = None
+                mon.close()  # leaks (does not close) the client if its server is gone
 
     def close(self) -> None:
         """Stop output (note-offs), stop threads, close ports. Safe to call twice."""
@@ -216,51 +221,55 @@ class Bridge:
             fn(msg, t_ns)
 
     # -- port watcher ----------------------------------------------------------------------
-    def _ports_ok(self) -> bool:
+    def _check_ports(self) -> str | None:
+        """None when all is well, else "server" (the MIDI system is gone) or "port".
+
+        No probe clients: opening a JACK client makes the server reorder its graph, which
+        delayed MIDI by several periods and bent the clock. The server's death comes from a
+        shutdown callback (JACK); port presence from our own open clients' port lists.
+        """
         mon = self._jack_monitor
         if mon is not None and mon.shut_down.is_set():
-            return False
+            return "server"
         c = self.config
         if self.out is None or self.inp is None:
-            return False
-        for name, port in ((c.connect_out, self.out), (c.connect_in, self.inp)):
-            if name is None:
-                continue
-            probe = rtmidi.MidiOut(self.api) if port is self.inp else rtmidi.MidiIn(self.api)
-            try:
-                # connected-by-name ports: still listed?
-                names = probe.get_ports()
-            finally:
-                probe.delete()
-            if not any(name.lower() in n.lower() for n in names):
-                return False
-        return True
+            return "port"
+        if c.connect_out is None and c.connect_in is None:
+            return None
+        # our input client lists what can be read, our output client what can be written
+        readable, writable = self.inp.list_ports(), self.out.list_ports()
+        for name, names in ((c.connect_out, writable), (c.connect_in, readable)):
+            if name is not None and not any(name.lower() in n.lower() for n in names):
+                return "port"
+        return None
 
     def _watch(self) -> None:
         lost = False
         while not self._watch_stop.wait(self.config.watch_s):
-            try:
-                ok = self._ports_ok()
-            except Exception:
-                ok = False
-            if not ok and not lost:
-                lost = True
-                self.port_lost += 1
-                log.warning("MIDI port lost (server or port gone): output silenced; "
-                            "will reopen when it is back")
-                self.scheduler.stop_output("port lost")
-                mon = self._jack_monitor
-                self._close_ports(server_gone=mon is not None and mon.shut_down.is_set())
-            if lost:
+            if not lost:
                 try:
-                    self._open_ports()
-                except (PortError, Exception) as e:
-                    log.debug("reopen failed: %s", e)
-                    self._close_ports()
+                    problem = self._check_ports()
+                except Exception as e:
+                    problem = f"check failed: {e}"
+                if problem is None:
                     continue
-                lost = False
-                self.reopened += 1
-                log.info("MIDI ports reopened")
+                lost = True
+                log.warning("MIDI %s lost: output silenced; will reopen when it is back",
+                            "server" if problem == "server" else "port")
+                self.scheduler.stop_output("port lost")
+                # Clients of a vanished JACK server are not closed: libjack frees them itself
+                # when the next client connects, and closing them as well crashed.
+                self._close_ports(server_gone=problem == "server")
+                self.port_lost += 1
+            try:
+                self._open_ports()
+            except Exception as e:
+                log.debug("reopen failed: %s", e)
+                self._close_ports()
+                continue
+            lost = False
+            self.reopened += 1
+            log.info("MIDI ports reopened")
 
 
 def _api_label(api: int | None) -> str:

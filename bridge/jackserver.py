@@ -20,6 +20,7 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -63,6 +64,28 @@ def jackd_path() -> str:
     return path
 
 
+def libjack_path() -> str:
+    """The libjack that python-rtmidi uses (its wheel bundles its own copy).
+
+    Two libjack copies in one process keep two sets of global client state; when a server
+    dies, each cleans up on its own and the process crashed (seen with the bridge's port
+    watcher). So the ctypes clients here load the very library rtmidi already loaded.
+    """
+    import rtmidi  # noqa: F401  (loads rtmidi's libjack)
+
+    try:
+        with open("/proc/self/maps") as fh:
+            for line in fh:
+                path = line.split()[-1]
+                name = os.path.basename(path)
+                if name.startswith("libjack") and ".so" in name and not name.startswith(
+                        ("libjacknet", "libjackserver")):
+                    return path
+    except OSError:
+        pass
+    return ctypes.util.find_library("jack") or "libjack.so.0"
+
+
 class XrunCounter:
     """A libjack client that counts the server's xruns (callback on JACK's notification thread)
     and notices when the server goes away (``shut_down`` event; the bridge's port watcher uses
@@ -73,7 +96,7 @@ class XrunCounter:
     """
 
     def __init__(self, server: str, client_name: str = "bandmate-xruns") -> None:
-        libname = ctypes.util.find_library("jack") or "libjack.so.0"
+        libname = libjack_path()
         try:
             self._lib = ctypes.CDLL(libname)
         except OSError as e:
@@ -140,6 +163,56 @@ class XrunCounter:
             self._client = None
 
 
+REGISTRY = Path("/dev/shm/jack-shm-registry")
+
+
+def stale_server_names(registry: Path = REGISTRY) -> list[str]:
+    """Names of JACK servers in the shared registry whose process is gone.
+
+    Why: JACK keeps at most 8 servers in /dev/shm/jack-shm-registry and frees a dead server's
+    slot only when a server of the *same name* starts again. Servers that were killed (a
+    crashed test run) leave their slot taken for good, and after 8 of them no jackd starts
+    ("Too many servers already active"). Only servers whose PID is not alive are listed.
+    """
+    try:
+        data = registry.read_bytes()[:8192]
+    except OSError:
+        return []
+    names = []
+    for m in re.finditer(rb"jack-\d+:([^\0:]+):?\0", data):
+        start = m.start()
+        if start < 4:
+            continue
+        pid = int.from_bytes(data[start - 4:start], "little", signed=True)
+        if pid <= 0:
+            continue
+        try:
+            os.kill(pid, 0)
+            continue  # alive (or not ours to judge): leave it
+        except ProcessLookupError:
+            names.append(m.group(1).decode(errors="replace"))
+        except PermissionError:
+            continue
+    return names
+
+
+def reclaim_stale_servers(registry: Path = REGISTRY) -> int:
+    """Start and cleanly stop (SIGTERM) each stale server name once: that frees its slot."""
+    n = 0
+    for name in stale_server_names(registry):
+        srv = JackServer(name, set_env=False, reclaim=False)
+        try:
+            srv.start(timeout=5.0)
+            n += 1
+        except JackError as e:
+            log.debug("could not reclaim %s: %s", name, e)
+        finally:
+            srv.stop()
+    if n:
+        log.info("freed %d stale JACK server slot(s) left by killed servers", n)
+    return n
+
+
 class JackServer:
     """A private ``jackd`` with the dummy backend, owned by this process.
 
@@ -155,6 +228,7 @@ class JackServer:
         period: int = 256,
         rate: int = 48000,
         set_env: bool = True,
+        reclaim: bool = True,
     ) -> None:
         if period < 16 or period & (period - 1):
             raise ValueError(f"period must be a power of two >= 16, got {period}")
@@ -164,6 +238,7 @@ class JackServer:
         self.period = period
         self.rate = rate
         self.set_env = set_env
+        self.reclaim = reclaim
         self.proc: subprocess.Popen | None = None
         self._log_path: Path | None = None
         self._counter: XrunCounter | None = None
@@ -199,6 +274,10 @@ class JackServer:
         last_err: Exception | None = None
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                if self.reclaim and "Too many servers" in self.log_text():
+                    self.reclaim = False
+                    if reclaim_stale_servers():
+                        return self.start(timeout)
                 raise JackError(
                     f"jackd exited with code {self.proc.returncode}: {self.log_text()[-600:]}"
                     " (is another server with this name running? try another name)"

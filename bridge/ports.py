@@ -143,8 +143,8 @@ def find_port(names: list[str], wanted: str) -> int | None:
     return None
 
 
-#: rtmidi objects whose JACK server died: never closed nor freed (libjack cleans such clients
-#: up itself when the next client opens; closing them too races that and crashes)
+#: rtmidi objects whose JACK server died: never closed nor freed. libjack deletes such
+#: clients itself when the next client connects; closing them too crashed the process.
 _ABANDONED: list[object] = []
 
 
@@ -187,6 +187,11 @@ class OutputPort:
             raise PortError(f"cannot open output {self.name!r}: {e}") from e
         with self._lock:
             self._out = out
+
+    def list_ports(self) -> list[str]:
+        """Ports this client can write to (via its own client: no new JACK client)."""
+        with self._lock:
+            return list(self._out.get_ports()) if self._out is not None else []
 
     def send(self, msg: mido.Message | list[int] | bytes) -> bool:
         data = msg.bytes() if isinstance(msg, mido.Message) else list(msg)
@@ -282,6 +287,11 @@ class InputPort:
         self._t_src = None  # reconstructed source time (s) of the last message
         self._offset_ns: float | None = None
         self._last_relax = time.perf_counter_ns()
+
+    def list_ports(self) -> list[str]:
+        """Ports this client can read from (via its own client: no new JACK client)."""
+        with self._lock:
+            return list(self._in.get_ports()) if self._in is not None else []
 
     def start(self) -> None:
         if self._thread is None:

@@ -207,12 +207,15 @@ class Scheduler:
                 log.debug("scheduler thread: real-time priority")
             except OSError as e:
                 log.debug("scheduler thread: no real-time priority (%s)", e)
-        try:
-            self._loop()
-        except BaseException:
-            log.exception("scheduler thread failed; silencing output")
-            self.stop_output("scheduler error")
-            raise
+        while True:
+            try:
+                self._loop()
+                return
+            except Exception:
+                # silence everything, then keep serving: a bad event must not end output
+                # for the rest of the session
+                log.exception("scheduler error; output silenced, scheduler continues")
+                self.stop_output("scheduler error")
 
     def _loop(self) -> None:
         cfg = self.config
@@ -288,12 +291,17 @@ class Scheduler:
             self._dropped_ids.clear()
             chans = set(self._channels_used if channels is None else channels)
             chans.update(c for c, _ in sounding)
-            for ch, pitch in sounding:
-                self._send(mido.Message("note_off", channel=ch, note=pitch, velocity=0))
-                self.stats.notes_off += 1
+            msgs = [mido.Message("note_off", channel=ch, note=p, velocity=0)
+                    for ch, p in sounding]
             for ch in sorted(chans):
-                self._send(mido.Message("control_change", channel=ch, control=123, value=0))
-                self._send(mido.Message("control_change", channel=ch, control=64, value=0))
+                msgs.append(mido.Message("control_change", channel=ch, control=123, value=0))
+                msgs.append(mido.Message("control_change", channel=ch, control=64, value=0))
+            for m in msgs:  # one failing send must not keep the rest from going out
+                try:
+                    self._send(m)
+                except Exception:
+                    log.exception("send failed while stopping output: %s", m)
+            self.stats.notes_off += len(sounding)
             self.stats.stops += 1
             self._cond.notify()
         if sounding or reason not in ("close",):

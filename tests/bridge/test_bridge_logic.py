@@ -11,7 +11,7 @@ import time
 import mido
 import pytest
 from bandmate.bridge.capture import Capture, CaptureConfig, voice_labels
-from bandmate.bridge.clock import InternalClock, MidiClockFollower, ns_per_tick
+from bandmate.bridge.clock import AutoClock, InternalClock, MidiClockFollower, ns_per_tick
 from bandmate.bridge.facade import BridgeConfig, wait_until
 from bandmate.bridge.scheduler import Scheduler, SchedulerConfig
 from bandmate.models.config import CodecConfig
@@ -68,6 +68,22 @@ def test_a_late_clock_is_not_a_lost_one():
         f.feed(mido.Message("clock"), t[0] + int(k * p))
     assert f.lost_ticks == 0
     assert f.state().tick_at(t[0] + int(99 * p)) == pytest.approx(99, abs=0.5)
+
+
+def test_a_stalled_sender_bursting_clocks_does_not_swing_the_tempo():
+    f = MidiClockFollower(tempo=120.0)
+    t = _feed_clock(f, 160.0, 100)
+    p = ns_per_tick(160.0)
+    # the sender stalls for 4 clocks, then sends them in a burst, then is on time again
+    burst_at = t[0] + int(104 * p)
+    for k in range(100, 104):
+        f.feed(mido.Message("clock"), burst_at + (k - 100) * 50_000)
+    assert f.state().tempo == pytest.approx(160.0, rel=0.01)
+    for k in range(104, 140):
+        f.feed(mido.Message("clock"), t[0] + int(k * p))
+    assert f.state().tempo == pytest.approx(160.0, rel=0.01)
+    assert f.lost_ticks == 0
+    assert f.state().tick_at(t[0] + int(139 * p)) == pytest.approx(139, abs=0.5)
 
 
 def test_tempo_jump_is_not_read_as_lost_clocks():
@@ -264,3 +280,39 @@ def test_configs_validate_and_round_trip():
     assert SchedulerConfig.from_json(sc.to_json()) == sc
     cc = CaptureConfig(ring_bars=4, channel_labels={1: "BASS"}, voices=("A",))
     assert CaptureConfig.from_json(cc.to_json()) == cc
+
+
+def test_exception_in_scheduler_thread_silences_output():
+    clock = _running_clock(at_bar=0.0)
+    got: list[mido.Message] = []
+
+    def send(msg):
+        if msg.type == "note_on" and msg.note == 99:
+            raise RuntimeError("boom")
+        got.append(msg)
+
+    s = Scheduler(send, clock)
+    s.add_note(1, 10_000, 0, 60, 80)
+    s.add_note(3, 10_000, 0, 64, 80)
+    s.add_note(6, 10_000, 0, 99, 80)
+    s.start()
+    assert wait_until(lambda: s.stats.stops == 1, 5)
+    offs = {m.note for m in got if m.type == "note_off"}
+    assert offs == {60, 64, 99}  # 99 may have reached the port before the error: end it too
+    assert s.pending == 0
+    # and it keeps serving
+    now_tick = clock.state().tick_at(time.perf_counter_ns())
+    s.add_note(now_tick + 3, now_tick + 6, 0, 70, 80)
+    assert wait_until(lambda: any(m.type == "note_off" and m.note == 70 for m in got), 5)
+    s.close()
+
+
+def test_auto_clock_switches_to_the_daw_clock():
+    c = AutoClock(tempo=100.0)
+    c.internal.start()
+    events = []
+    c.add_listener(lambda e, st: events.append(e))
+    assert c.state().running and c.state().tempo == 100.0 and not c.following
+    _feed_clock(c.follower, 140.0, 40, t0=time.perf_counter_ns(), quantise=False)
+    assert c.following and c.state().tempo == pytest.approx(140.0, rel=0.01)
+    assert events == ["start"]
