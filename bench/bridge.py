@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         period_ns = srv.period_ms * 1e6
         cfg = BridgeConfig(api="jack", in_name="bandmate in", out_name="bandmate out",
                            clock="midi", thru=True, late_policy="play", late_ms=1000.0,
-                           watch_s=0)
+                           watch_s=1.0)
         br = Bridge(cfg).open()
         daw = DawSim(cfg.in_name, cfg.out_name)
         sent_on: list[tuple[int, int, int]] = []  # (channel, pitch, sent_ns) from the scheduler
