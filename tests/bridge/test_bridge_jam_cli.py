@@ -63,32 +63,39 @@ def _prompt_notes() -> dict[int, list[mido.Message]]:
     return out
 
 
-def test_jam_continue_then_sigterm_leaves_no_hanging_notes(jack_server, tiny_model,
-                                                          assert_no_hanging):
-    in_name, out_name = "bm jam in", "bm jam out"
+@pytest.mark.parametrize(("cc", "value", "action", "sig"),
+                         [(20, 127, "continue", signal.SIGTERM), (21, 4, "add", signal.SIGINT)],
+                         ids=["continue-sigterm", "add-bass-sigint"])
+def test_jam_trigger_then_signal_leaves_no_hanging_notes(jack_server, tiny_model,
+                                                         assert_no_hanging, cc, value, action,
+                                                         sig):
+    in_name, out_name = f"bm jam in {action}", f"bm jam out {action}"
     cmd = [sys.executable, "-m", "bandmate", "jam", "--api", "jack", "--in", in_name,
            "--out", out_name, "--model", str(tiny_model), "--bars", "2", "--clock", "midi",
            "--seed", "3"]
     proc = Proc(cmd, jack_server.env())
+    daw_name = f"daw jam {action}"
     daw = None
     try:
         assert wait_until(lambda: proc.saw("jam ready") or proc.p.poll() is not None, 60), \
             proc.log()
         assert proc.p.poll() is None, proc.log()
-        daw = DawSim(in_name, out_name, name="daw jam")
+        daw = DawSim(in_name, out_name, name=daw_name)
         notes = _prompt_notes()
         trigger_tick = 2 * 96 + 24  # a quarter into bar 3: prompt = bars 1-2
         notes.setdefault(trigger_tick, []).append(
-            mido.Message("control_change", channel=9, control=20, value=127))
+            mido.Message("control_change", channel=9, control=cc, value=value))
         daw.play(TEMPO, ticks=12 * 96, notes=notes)
         # generated notes come back on channels the prompt used
         def heard() -> int:
             return sum(1 for r in daw.messages(["note_on"]) if r.msg.velocity > 0)
         assert wait_until(lambda: heard() >= 6, 15), proc.log()
-        assert proc.saw("trigger: continue"), proc.log()
+        assert proc.saw(f"trigger: {action}"), proc.log()
+        if action == "add":
+            assert proc.saw("add BASS over 2 prompt bar(s)"), proc.log()
         assert proc.saw("first note out"), proc.log()
         time.sleep(0.4)  # let some notes sound, then kill mid-phrase
-        proc.p.send_signal(signal.SIGTERM)
+        proc.p.send_signal(sig)
         assert proc.p.wait(15) == 0, proc.log()
         time.sleep(0.3)
         got = daw.messages()
@@ -101,7 +108,7 @@ def test_jam_continue_then_sigterm_leaves_no_hanging_notes(jack_server, tiny_mod
             assert step >= 3 * 16 - 0.3
             assert abs(step - round(step)) < 0.4
         # and from bandmate's side, whatever JACK did: as many note-offs as note-ons
-        stopped = [ln for ln in proc.lines if "jam stopped (SIGTERM)" in ln]
+        stopped = [ln for ln in proc.lines if f"jam stopped ({sig.name})" in ln]
         assert stopped, proc.log()
         m = re.search(r"(\d+) note\(s\) on, (\d+) note\(s\) off", stopped[0])
         assert m and m.group(1) == m.group(2), proc.log()
