@@ -235,7 +235,7 @@ class InputPort:
     queue every ``poll_s`` and calls ``handler(msg, t_ns)``. ``t_ns`` is the arrival time on
     ``perf_counter_ns``: the sum of rtmidi's delta times (JACK cycle times), offset by the
     smallest observed (poll time - reconstructed time), which removes poll latency.
-    ``overflow`` counts what the handler could not parse.
+    ``received`` counts messages read, ``bad`` those mido could not parse.
     """
 
     def __init__(
