@@ -395,7 +395,11 @@ def write_model_folder(
         from bandmate.training.export_fast import write_fast
 
         kv_files, report["kv"] = write_fast(
-            model, out, int8=config.int8, fp32=config.fp32, sequences=sequences,
+            model,
+            out,
+            int8=config.int8,
+            fp32=config.fp32,
+            sequences=sequences,
             tolerance=config.tolerance,
         )
         files.update(kv_files)
@@ -414,7 +418,7 @@ def write_model_folder(
         training or {},
         finite(val_loss),
         finite(unigram_val_loss),
-        {"export": {**config.to_json(), **report}},
+        {"export": {"config": config.to_json(), **report}},
     )
     write_json(out / "bandmate.json", meta)
     return meta
@@ -496,6 +500,20 @@ def load_run_model(run: Path, checkpoint: Path | None = None) -> tuple[torch.nn.
     return model.eval(), read_json(ckpt / "state.json")
 
 
+def _without_paths(obj: Any) -> Any:
+    """The manifest with source paths cut to folder names (a model folder travels)."""
+    if isinstance(obj, dict):
+        return {
+            k: (
+                [Path(x).name for x in v]
+                if k == "sources" and isinstance(v, list)
+                else _without_paths(v)
+            )
+            for k, v in obj.items()
+        }
+    return obj
+
+
 def export_run(
     run: str | Path,
     out_dir: str | Path,
@@ -523,7 +541,9 @@ def export_run(
         except (OSError, KeyError, ValueError) as e:
             log.warning("int8 agreement on random tokens: cannot read validation data (%s)", e)
     training = {
-        **{k: v for k, v in summary.items() if k != "labels"},
+        **{k: v for k, v in summary.items() if k not in ("labels", "data_dir")},
+        "data": Path(data_dir).name if data_dir else None,  # no local paths in a model
+        "manifest": _without_paths(summary.get("manifest", {})),
         "steps": state.get("step"),
         "tokens": state.get("tokens_seen"),
         "train_config": read_json(run / "train_config.json")

@@ -30,6 +30,13 @@ def _f(x: float | None, nd: int = 4) -> str:
     return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{nd}f}"
 
 
+def _warmup(cfg: dict, summary: dict) -> int:
+    """The warmup the schedule really used (capped at a tenth of the run, train.lr_at)."""
+    total = int(summary.get("total_steps") or 0)
+    w = int(cfg.get("warmup_steps") or 0)
+    return min(w, max(total // 10, 1)) if total else w
+
+
 def render(
     meta: dict,
     summary: dict,
@@ -38,8 +45,9 @@ def render(
     sizes: dict[str, int],
     command: str,
     attribution: str,
+    notes: list[str] | None = None,
 ) -> str:
-    """The card's Markdown text."""
+    """The card's Markdown text; ``notes`` are extra result or history lines, as given."""
     m, tr, ex = meta["model"], meta.get("training", {}), meta.get("export", {})
     codec = meta["codec"]
     val, uni = meta.get("val_loss"), meta.get("unigram_val_loss")
@@ -86,7 +94,7 @@ def render(
         f"- {summary.get('steps')} optimizer steps of {cfg.get('batch_size')} blocks x "
         f"{cfg.get('n_positions')} tokens (samples packed into blocks, `[PAD]` never trained "
         f"on): {summary.get('tokens_seen')} tokens ({summary.get('real_tokens_seen')} real).",
-        f"- AdamW, lr {cfg.get('lr')} (warmup {cfg.get('warmup_steps')} steps, cosine to "
+        f"- AdamW, lr {cfg.get('lr')} (warmup {_warmup(cfg, summary)} steps, cosine to "
         f"{cfg.get('min_lr_ratio')} x), weight decay {cfg.get('weight_decay')}, dropout "
         f"{cfg.get('dropout')}, seed {cfg.get('seed')}; {summary.get('precision')} on "
         f"{summary.get('device')} (a shared 2-core machine), "
@@ -121,6 +129,8 @@ def render(
         ]
     lines += [
         "",
+        *[f"{n}" for n in (notes or [])],
+        "",
         "## Reproduce",
         "",
         "```",
@@ -139,7 +149,11 @@ def render(
 
 
 def write_model_card(
-    model_dir: str | Path, run: str | Path, command: str, attribution: str = JSF_ATTRIBUTION
+    model_dir: str | Path,
+    run: str | Path,
+    command: str,
+    attribution: str = JSF_ATTRIBUTION,
+    notes: list[str] | None = None,
 ) -> Path:
     model_dir, run = Path(model_dir), Path(run)
     meta = json.loads((model_dir / "bandmate.json").read_text())
@@ -154,7 +168,7 @@ def write_model_card(
         for p in model_dir.iterdir()
         if p.suffix in (".onnx", ".json") and p.is_file()
     }
-    text = render(meta, summary, cfg, manifest, sizes, command, attribution)
+    text = render(meta, summary, cfg, manifest, sizes, command, attribution, notes)
     out = model_dir / "MODEL_CARD.md"
     out.write_text(text)
     return out
@@ -168,8 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("model_dir")
     p.add_argument("--run", required=True, help="the training run the model came from")
     p.add_argument("--command", required=True, help="the commands that reproduce the model")
+    p.add_argument("--note", action="append", default=[], help="an extra paragraph (repeatable)")
     args = p.parse_args(argv)
-    print(write_model_card(args.model_dir, args.run, args.command))
+    print(write_model_card(args.model_dir, args.run, args.command, notes=args.note))
     return 0
 
 
