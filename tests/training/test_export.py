@@ -55,6 +55,7 @@ def test_folder_files_and_metadata(folder):
     assert isinstance(meta["val_loss"], float) and isinstance(meta["unigram_val_loss"], float)
     assert meta["export"]["parity"]["max_abs_logit_diff"] <= 1e-4
     assert meta["export"]["int8"]["top1_match"] > 0.9
+    assert meta["export"]["config"]["int8"] is True and meta["export"]["config"]["fp32"] is True
 
 
 @pytest.mark.parametrize("fname", ["model.onnx", "model.int8.onnx"])
