@@ -26,9 +26,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--int8", action="store_true", help="also write model.int8.onnx")
     parser.add_argument("--fp16", action="store_true", help="also write model.fp16.onnx (GPU)")
     parser.add_argument("--no-fp32", action="store_true", help="drop model.onnx (needs --int8)")
-    parser.add_argument("--kv", action="store_true",
-                        help="also write the in-place decode graph (model.kv*.onnx: the CPU "
-                        "runtime's fast path)")
+    parser.add_argument(
+        "--kv",
+        action="store_true",
+        help="also write the in-place decode graph (model.kv*.onnx: the CPU runtime's fast path)",
+    )
     parser.add_argument("--checkpoint", default=None, help="a checkpoint folder (default: latest)")
     parser.add_argument("--name", default="", help="model name (default: the folder name)")
     parser.add_argument("--tolerance", type=float, default=1e-4, help="max |logit diff| fp32")
