@@ -136,14 +136,29 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     return lo + 0.5 * (cfg.lr - lo) * (1 + math.cos(math.pi * frac))
 
 
-def resolve_precision(requested: str, device: torch.device) -> str:
-    """bf16 where the GPU supports it, fp16 (with loss scaling) where not, fp32 on CPU."""
+def resolve_precision(
+    requested: str, device: torch.device, capability: tuple[int, int] | None = None
+) -> str:
+    """bf16 where the GPU has it (compute capability 8.0+: A100, H100), fp16 with loss scaling
+    where it does not (V100: a DGX-2), fp32 on a CPU.
+
+    Decided by compute capability, not ``torch.cuda.is_bf16_supported()``, which also says yes
+    on a V100 (where bf16 is only emulated, and slow).
+    """
+    if device.type == "cuda" and capability is None:
+        capability = torch.cuda.get_device_capability(device)
+    has_bf16 = device.type == "cuda" and capability is not None and capability[0] >= 8
     if requested != "auto":
         if device.type == "cpu" and requested == "fp16":
             raise ValueError("fp16 needs a GPU; use --precision fp32 or bf16 on a CPU")
+        if device.type == "cuda" and requested == "bf16" and not has_bf16:
+            raise ValueError(
+                f"bf16 needs a GPU of compute capability 8.0+ (this one: {capability}); "
+                "use --precision fp16 (loss-scaled) on a V100"
+            )
         return requested
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if has_bf16 else "fp16"
     return "fp32"
 
 

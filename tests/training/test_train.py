@@ -103,6 +103,12 @@ def test_config_validation_and_json_roundtrip():
 
 def test_precision_by_device():
     assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    gpu = torch.device("cuda", 0)  # a device object only: no GPU is touched
+    assert resolve_precision("auto", gpu, capability=(9, 0)) == "bf16"  # H100
+    assert resolve_precision("auto", gpu, capability=(8, 0)) == "bf16"  # A100
+    assert resolve_precision("auto", gpu, capability=(7, 0)) == "fp16"  # V100 (DGX-2)
+    with pytest.raises(ValueError, match="V100"):
+        resolve_precision("bf16", gpu, capability=(7, 0))
     with pytest.raises(ValueError, match="GPU"):
         resolve_precision("fp16", torch.device("cpu"))
 
