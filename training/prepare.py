@@ -76,8 +76,9 @@ _CONSTS = np.array([PIECE_START, TRACK_START, TRACK_END, DENSITY0], np.int32)
 #: Tracks x bars of one 4/4 stretch above which a file is refused: the per-bar arrays would
 #: take gigabytes (a damaged delta time can put a note days after the others).
 MAX_TRACK_BARS = 8_000_000
-#: Below this many output tokens the merge writes from the parent: forking costs more.
-PARALLEL_WRITE_TOKENS = 1 << 23
+#: Below this many output tokens the merge writes from the parent (sending the work to the
+#: pool's already running workers costs more than writing a few megabytes).
+PARALLEL_WRITE_TOKENS = 1 << 22
 
 
 class PrepareError(Exception):
@@ -487,14 +488,20 @@ def config_hash(cfg: PrepareConfig) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def listing_hash(files: list[SourceFile]) -> str:
+def listing_hash(files: list[SourceFile], sizes: list[int] | None = None) -> str:
+    """Hash of paths, sizes and mtimes (a resumed run must see the same files); fills
+    `sizes` with each file's bytes, which the scheduler uses."""
     h = hashlib.sha256()
     for f in files:
         try:
             st = os.stat(f.abspath)
             h.update(f"{f.abspath}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            size = st.st_size
         except OSError:
             h.update(f"{f.abspath}\0missing\n".encode())
+            size = 0
+        if sizes is not None:
+            sizes.append(size)
     return h.hexdigest()[:16]
 
 
@@ -1113,7 +1120,8 @@ def prepare(
         raise ValueError("workers must be >= 1")
     t0 = time.perf_counter()
     files = select_shard(list_sources(cfg.sources), cfg.shard)
-    chash, lhash = config_hash(cfg), listing_hash(files)
+    sizes: list[int] = []
+    chash, lhash = config_hash(cfg), listing_hash(files, sizes)
     if out.exists() and not out.is_dir():
         raise PrepareError(f"{out} is a file: -o needs a folder")
     state = _check_out(out, chash, lhash)
@@ -1151,6 +1159,10 @@ def prepare(
             done_files += len(part)
         else:
             tasks.append((c, part, cfg_json, str(work)))
+    # Biggest units first (by bytes, a fair proxy for work), so the run does not end waiting
+    # on one large unit; the output does not depend on the order units finish in.
+    unit_bytes = {c: sum(sizes[c * chunk : (c + 1) * chunk]) for c, *_ in tasks}
+    tasks.sort(key=lambda t: (-unit_bytes[t[0]], t[0]))
     log.info(
         "prepare: %d files in %d work units (%d done before), %d workers -> %s",
         len(files),
