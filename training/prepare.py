@@ -1199,9 +1199,15 @@ def prepare(
     finally:
         pool.close()
     shutil.rmtree(work, ignore_errors=True)
-    for split in SPLITS:
-        if not manifest["samples"][split] and (split == "train" or cfg.val_fraction > 0):
-            log.warning("no %s samples were written: see the skipped files in the manifest", split)
+    if not manifest["samples"]["train"]:
+        log.warning("no training samples were written: see the skipped files in the manifest")
+    if not manifest["samples"]["val"] and cfg.val_fraction > 0 and manifest["files_ok"]:
+        log.warning(
+            "no validation samples: none of the %d usable files fell into the held-out share "
+            "(--val-fraction %g); raise it for a corpus this small",
+            manifest["files_ok"],
+            cfg.val_fraction,
+        )
     log.info(
         "prepared %d files (%d ok, %d skipped, %d duplicates): train %d samples / %d tokens, "
         "val %d samples / %d tokens in %.1f s",
