@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import re
 import sys
 
 from bandmate import __version__
@@ -55,6 +56,29 @@ def _top_parser() -> argparse.ArgumentParser:
     return p
 
 
+_NEGATIVE_RANGE = re.compile(r"^-\d+(:-?\d+)?$")
+
+
+def _join_negative_values(argv: list[str]) -> list[str]:
+    """``--transpose -5:6`` -> ``--transpose=-5:6``: argparse takes ``-5:6`` for a flag."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        if (
+            tok.startswith("--")
+            and "=" not in tok
+            and i + 1 < len(argv)
+            and _NEGATIVE_RANGE.match(argv[i + 1])
+        ):
+            out.append(f"{tok}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(tok)
+        i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     top = _top_parser()
@@ -80,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     module.configure(parser)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_join_negative_values(argv))
     try:
         return int(module.run(args) or 0)
     except KeyboardInterrupt:
