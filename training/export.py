@@ -67,7 +67,8 @@ class ExportConfig:
     int8: bool = field(default=False, metadata={"help": "also write model.int8.onnx"})
     fp16: bool = field(default=False, metadata={"help": "also write model.fp16.onnx (GPU)"})
     kv: bool = field(
-        default=False, metadata={"help": "also write the in-place decode graph (model.kv*.onnx)"}
+        default=True,
+        metadata={"help": "also write the in-place decode graph (model.kv*.onnx, CPU fast path)"},
     )
     opset: int = field(default=18, metadata={"help": "ONNX opset (dynamo exporter: >= 18)"})
     tolerance: float = field(default=1e-4, metadata={"help": "max |logit diff| fp32 vs torch"})

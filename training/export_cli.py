@@ -3,7 +3,7 @@
 Examples:
   bandmate export runs/small -o models/chorales --int8
   bandmate export runs/seed -o models/seed --int8 --fp16 --no-fp32
-  bandmate export runs/seed -o models/seed --int8 --kv --no-fp32   (fast CPU decoding)
+  bandmate export runs/seed -o models/seed --int8 --no-fp32 --no-kv  (contract graph only)
 
 Every export ends with a parity check against PyTorch (fp32 logits within --tolerance, with
 and without past keys/values); a failing check exits with status 3 and keeps nothing.
@@ -28,7 +28,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-fp32", action="store_true", help="drop model.onnx (needs --int8)")
     parser.add_argument(
         "--kv",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="also write the in-place decode graph (model.kv*.onnx: the CPU runtime's fast path)",
     )
     parser.add_argument("--checkpoint", default=None, help="a checkpoint folder (default: latest)")

@@ -34,9 +34,12 @@ def test_train_then_export_cli(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [
         "bandmate.json",
         "model.int8.onnx",
+        "model.kv.int8.onnx",
+        "model.kv.onnx",
         "model.onnx",
         "tokenizer.json",
-    ]
+    ]  # the in-place decode graph (model.kv*) is written by default
+    assert meta["onnx"]["kv_int8"] == "model.kv.int8.onnx"
     assert meta["name"] == "model" and meta["onnx"]["default"] == "model.int8.onnx"
     assert meta["val_loss"] == summary["val_loss"]
     assert meta["unigram_val_loss"] == summary["unigram_val_loss"]
