@@ -126,7 +126,8 @@ def test_buffers_are_reused_and_never_shared_by_live_caches(fast, slow):
     del b
     gc.collect()
     c3 = fast.new_cache(3)
-    assert set(fast._pool) == {3} and c3.kv in fast._pool[3]  # unused buffers of other batch sizes are dropped
+    # unused buffers of other batch sizes are dropped
+    assert set(fast._pool) == {3} and c3.kv in fast._pool[3]
 
 
 def test_same_notes_as_the_contract_graph(fast, slow, prompt):
