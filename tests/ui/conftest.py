@@ -47,13 +47,6 @@ def make_window(qtbot):
 
 
 @pytest.fixture(scope="session")
-def ui_jack_server():
-    """A private JACK server (dummy backend, 256 frames) for the live tests, stopped by PID."""
-    from bandmate.bridge.jackserver import JackServer
-
-    srv = JackServer(f"bm-ui-{os.getpid()}", period=256, rate=48000)
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
+def ui_jack_server(jack_server):
+    """The session's private JACK server (tests/conftest.py), shared with the bridge tests."""
+    return jack_server
