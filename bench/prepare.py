@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     # prepare's default workload (all 12 transpositions of the training files): the same
     # files, ten times the encoding work, so the fixed serial part (pool start, merge, fsync)
     # weighs as it does on a real corpus.
-    aug = dataclasses.replace(cfg, transpose=PrepareConfig().transpose)
+    aug = dataclasses.replace(cfg, transpose=PrepareConfig(sources=(folder,)).transpose)
 
     def run(w: int, c: PrepareConfig = cfg, tag: str = "") -> dict:
         out = tmp / f"w{w}{tag}"
