@@ -36,6 +36,17 @@ EPILOG = """examples:
 run 'bandmate COMMAND --help' for the options of one command."""
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default only when there is one worth reading (not None, not already said)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        d = action.default
+        if d is None or d is False or d == "" or d == argparse.SUPPRESS or "default" in text:
+            return text
+        return super()._get_help_string(action) or text
+
+
 def _top_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bandmate",
@@ -101,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog=f"bandmate {ns.command}",
         description=(module.__doc__ or help_text).strip().splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     module.configure(parser)
     args = parser.parse_args(_join_negative_values(argv))

@@ -46,9 +46,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, default=None, help="model folder (default: shipped)")
     parser.add_argument("--tracks", default=None, help="with --continue: track indices, e.g. 0,3")
     parser.add_argument("--density", type=int, default=None, help="with --add-track: 0..bins-1")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-p", type=float, default=0.95)
-    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument(
+        "--temperature", type=float, default=1.0, help="lower = safer, higher = more adventurous"
+    )
+    parser.add_argument(
+        "--top-p", type=float, default=0.95, help="sample from the most likely tokens of mass P"
+    )
+    parser.add_argument("--top-k", type=int, default=0, help="only the K most likely (0 = off)")
     parser.add_argument("--seed", type=int, default=None, help="same seed, same notes")
     parser.add_argument("--variations", type=int, default=1, help="takes to write at once")
     parser.add_argument("--scale", default=None, help="keep new notes in key, e.g. 'D minor'")
