@@ -148,6 +148,35 @@ def find_port(names: list[str], wanted: str) -> int | None:
 _ABANDONED: list[object] = []
 
 
+def _open_endpoint(
+    port: rtmidi.MidiIn | rtmidi.MidiOut, direction: str, api: int, name: str, connect: str | None
+) -> None:
+    """Open a virtual port ``name`` where the API allows, else connect to ``connect`` / ``name``.
+
+    On failure the rtmidi object is deleted and a PortError says what to do.
+    """
+    target = connect or (None if supports_virtual(api) else name)
+    try:
+        if target is None:
+            port.open_virtual_port(name)
+        else:
+            names = port.get_ports()
+            i = find_port(names, target)
+            if i is None:
+                raise PortError(
+                    f"no MIDI {direction} port named {target!r} (found: {names or 'none'}); "
+                    "create it (e.g. with loopMIDI on Windows) or pick one from "
+                    "'bandmate ports'"
+                )
+            port.open_port(i)
+    except PortError:
+        port.delete()
+        raise
+    except Exception as e:
+        port.delete()
+        raise PortError(f"cannot open {direction} {name!r}: {e}") from e
+
+
 class OutputPort:
     """Sends mido messages. Virtual port ``name`` when the API allows, else connects by name.
 
@@ -165,26 +194,7 @@ class OutputPort:
 
     def open(self) -> None:
         out = rtmidi.MidiOut(self.api, self.name)
-        target = self.connect or (None if supports_virtual(self.api) else self.name)
-        try:
-            if target is None:
-                out.open_virtual_port(self.name)
-            else:
-                names = out.get_ports()
-                i = find_port(names, target)
-                if i is None:
-                    raise PortError(
-                        f"no MIDI output port named {target!r} (found: {names or 'none'}); "
-                        "create it (e.g. with loopMIDI on Windows) or pick one from "
-                        "'bandmate ports'"
-                    )
-                out.open_port(i)
-        except PortError:
-            out.delete()
-            raise
-        except Exception as e:
-            out.delete()
-            raise PortError(f"cannot open output {self.name!r}: {e}") from e
+        _open_endpoint(out, "output", self.api, self.name, self.connect)
         with self._lock:
             self._out = out
 
@@ -262,26 +272,7 @@ class InputPort:
     def open(self) -> None:
         mi = rtmidi.MidiIn(self.api, self.name, queue_size_limit=self.queue_size)
         mi.ignore_types(sysex=True, timing=False, active_sense=True)
-        target = self.connect or (None if supports_virtual(self.api) else self.name)
-        try:
-            if target is None:
-                mi.open_virtual_port(self.name)
-            else:
-                names = mi.get_ports()
-                i = find_port(names, target)
-                if i is None:
-                    raise PortError(
-                        f"no MIDI input port named {target!r} (found: {names or 'none'}); "
-                        "create it (e.g. with loopMIDI on Windows) or pick one from "
-                        "'bandmate ports'"
-                    )
-                mi.open_port(i)
-        except PortError:
-            mi.delete()
-            raise
-        except Exception as e:
-            mi.delete()
-            raise PortError(f"cannot open input {self.name!r}: {e}") from e
+        _open_endpoint(mi, "input", self.api, self.name, self.connect)
         with self._lock:
             self._in = mi
         self._t_src = None  # reconstructed source time (s) of the last message

@@ -181,9 +181,8 @@ def encode_track(
     density: int | None = None,
 ) -> np.ndarray:
     """``TRACK_START INST [DENSITY] bar* TRACK_END`` for one track (empty bars included)."""
-    piece = Piece((track,), start_bar + (n_bars or 0) if n_bars is not None else _bars_of(track))
-    n = piece.bars - start_bar
-    tb = piece_bars(piece, start_bar, n)
+    n = n_bars if n_bars is not None else _bars_of(track) - start_bar
+    tb = piece_bars(Piece((track,), start_bar + n), start_bar, n)
     if density is None and config.density_bins and config.density_edges:
         density = density_bucket(int(tb.onsets[0].sum()), config.density_edges)
     body = tb.window(0, 0, n)
@@ -294,6 +293,11 @@ def decode(
         in_bar = False
         in_fill = False
 
+    def close_open_bar(before: str) -> None:
+        if in_bar:
+            end_bar("BAR_END missing")
+            repairs.append(f"BAR_END missing before {before}")
+
     def end_track() -> None:
         nonlocal cur
         if cur is not None:
@@ -315,9 +319,7 @@ def decode(
                 repairs.append(f"PIECE_START at {pos} ignored")
             continue
         if tok == TRACK_START:
-            if in_bar:
-                end_bar("BAR_END missing")
-                repairs.append(f"BAR_END missing before TRACK_START at {pos}")
+            close_open_bar(f"TRACK_START at {pos}")
             if cur is not None:
                 repairs.append(f"TRACK_END missing before TRACK_START at {pos}")
                 end_track()
@@ -341,9 +343,7 @@ def decode(
                 repairs.append(f"misplaced DENSITY at {pos} ignored")
             continue
         if tok == FILL_START:
-            if in_bar:
-                end_bar("BAR_END missing")
-                repairs.append(f"BAR_END missing before FILL_START at {pos}")
+            close_open_bar(f"FILL_START at {pos}")
             end_track()
             if not fill_queue:
                 repairs.append(f"FILL_START at {pos} without a FILL_IN bar: skipped")
@@ -372,9 +372,7 @@ def decode(
             if cur is None:
                 repairs.append(f"BAR_START outside a track at {pos}: a track was opened")
                 cur = _TrackState()
-            if in_bar:
-                end_bar("BAR_END missing")
-                repairs.append(f"BAR_END missing before BAR_START at {pos}")
+            close_open_bar(f"BAR_START at {pos}")
             bar_base = cur.bars * S
             cur.bars += 1
             t = 0
@@ -387,9 +385,7 @@ def decode(
                 repairs.append(f"BAR_END at {pos} outside a bar ignored")
             continue
         if tok == TRACK_END:
-            if in_bar:
-                end_bar("BAR_END missing")
-                repairs.append(f"BAR_END missing before TRACK_END at {pos}")
+            close_open_bar(f"TRACK_END at {pos}")
             if cur is None:
                 repairs.append(f"TRACK_END at {pos} outside a track ignored")
             else:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
 
 import mido
 import pytest
@@ -16,24 +15,8 @@ from bandmate.bridge.capture import Capture, CaptureConfig
 from bandmate.bridge.clock import InternalClock, ns_per_tick
 from bandmate.bridge.jam import JamConfig, JamController
 from bandmate.bridge.scheduler import Scheduler
-from bandmate.models.types import Note, Piece
-
-
-@dataclass
-class NoteEvent:
-    track: int
-    note: Note
-
-
-@dataclass
-class BarDone:
-    bar: int
-
-
-@dataclass
-class Done:
-    piece: Piece
-    stats: dict = field(default_factory=dict)
+from bandmate.models.generate import BarDone, Done, NoteEvent
+from bandmate.models.types import Note
 
 
 class FakeGen:

@@ -21,18 +21,6 @@ CHORALE = Path(__file__).parents[1] / "data" / "jsfakes-0.mid"
 
 
 @pytest.fixture(scope="session")
-def model_dir(tmp_path_factory):
-    from bandmate.training.export import export_random
-
-    return export_random(tmp_path_factory.mktemp("model") / "tiny", seed=0)
-
-
-@pytest.fixture(scope="session")
-def sess(model_dir):
-    return ModelSession.load(model_dir)
-
-
-@pytest.fixture(scope="session")
 def prompt(sess):
     return read_midi(CHORALE, sess.config).slice_bars(0, 4)
 

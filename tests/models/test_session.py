@@ -11,18 +11,6 @@ from bandmate.models import session as session_mod
 from bandmate.models.session import ModelError, ModelSession
 
 
-@pytest.fixture(scope="session")
-def model_dir(tmp_path_factory):
-    from bandmate.training.export import export_random
-
-    return export_random(tmp_path_factory.mktemp("model") / "tiny", seed=0)
-
-
-@pytest.fixture(scope="session")
-def sess(model_dir):
-    return ModelSession.load(model_dir)
-
-
 def test_load_reads_the_folder(sess):
     assert sess.provider == "CPU"  # onnxruntime-gpu without CUDA falls back quietly
     assert sess.vocab.size == sess.meta["model"]["vocab_size"]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import dataclass
 
 import pytest
+from bandmate.models.generate import BarDone, Done, NoteEvent
 from bandmate.models.types import Note, Piece, Track
 from bandmate.ui.jobs import Engine, GapTracker, JobSpec, Progress, StreamNote, TakeDone, run_job
 from bandmate.ui.names import GM_PROGRAMS, instrument_choices, instrument_name
@@ -106,22 +106,6 @@ def test_geometry_and_zoom():
     assert g.zoomed(1000)[0].px_per_step == RollGeometry.MAX_STEP_PX
     assert track_color(0) != track_color(1) and track_color(8) == track_color(0)
 
-
-@dataclass
-class NoteEvent:
-    track: int
-    note: Note
-
-
-@dataclass
-class BarDone:
-    bar: int
-
-
-@dataclass
-class Done:
-    piece: Piece
-    stats: dict
 
 
 def _fake_engine(calls, block: threading.Event | None = None):
