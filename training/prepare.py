@@ -23,8 +23,10 @@ How the guarantees are met (docs/prepare.md says more):
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import itertools
 import json
 import logging
 import multiprocessing as mp
@@ -33,7 +35,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -54,7 +56,6 @@ from bandmate.models.vocab import (
 from bandmate.training.shards import (
     DEFAULT_SHARD_TOKENS,
     SPLITS,
-    atomic_save_npy,
     atomic_write_bytes,
     index_path,
     plan_shards,
@@ -76,9 +77,6 @@ _CONSTS = np.array([PIECE_START, TRACK_START, TRACK_END, DENSITY0], np.int32)
 #: Tracks x bars of one 4/4 stretch above which a file is refused: the per-bar arrays would
 #: take gigabytes (a damaged delta time can put a note days after the others).
 MAX_TRACK_BARS = 8_000_000
-#: Below this many output tokens the merge writes from the parent (sending the work to the
-#: pool's already running workers costs more than writing a few megabytes).
-PARALLEL_WRITE_TOKENS = 1 << 22
 
 
 class PrepareError(Exception):
@@ -550,18 +548,24 @@ def _chunk_path(work: Path, c: int) -> Path:
     return work / f"chunk-{c:06d}.bin"
 
 
-_MAGIC = b"BMCHUNK1"
+_MAGIC = b"BMCHUNK2"
 _END = b"BMCHUNKE"
 _ARRAYS = (("tokens", np.uint16), ("lengths", np.int64), ("slot_pos", np.int64),
            ("slot_count", np.int64))  # fmt: skip
+#: magic, header length, the byte size of each array: the merge's writers find the arrays
+#: without parsing the JSON header.
+_LEAD = 16 + 8 * len(_ARRAYS)
 
 
 def write_chunk(path: Path, results: list[FileResult]) -> dict:
-    """One finished work unit, atomically; returns its counts for the progress bar.
+    """One finished work unit, atomically; returns its counts and its pass-1 summary.
 
-    Layout: magic, header length, JSON header (per-file facts, array sizes), the raw arrays,
-    an end marker. Not fsynced: a kill cannot lose a renamed file (the page cache survives
-    the process), and after a power loss `read_chunk` rejects a torn file, which is redone.
+    Layout: magic, header length and array sizes (`_LEAD` bytes), JSON header (per-file
+    facts), the raw arrays, an end marker. Not fsynced: a kill cannot lose a renamed file
+    (the page cache survives the process), and after a power loss `read_chunk` rejects a
+    torn file, which is redone.
+    The summary travels back to the parent with the counts, so the merge's first pass never
+    has to read back what a worker of this run just wrote.
     """
     meta = [
         {
@@ -578,22 +582,23 @@ def write_chunk(path: Path, results: list[FileResult]) -> dict:
         for r in results
     ]
     base = np.cumsum([0] + [len(r.enc.tokens) for r in results])
-    arrays = {
+    parts = {
         "tokens": [r.enc.tokens for r in results],
         "lengths": [r.enc.lengths for r in results],
         "slot_pos": [r.enc.slot_pos + b for r, b in zip(results, base, strict=False)],
         "slot_count": [r.enc.slot_count for r in results],
     }
-    bufs = [
-        np.concatenate([np.zeros(0, dt), *arrays[name]]).astype(dt, copy=False).tobytes()
+    arrays = {
+        name: np.ascontiguousarray(np.concatenate([np.zeros(0, dt), *parts[name]]), dt)
         for name, dt in _ARRAYS
-    ]
-    header = json.dumps({"files": meta, "sizes": [len(b) for b in bufs]}).encode()
+    }
+    header = json.dumps({"files": meta}).encode()
+    lead = [len(header)] + [arrays[name].nbytes for name, _ in _ARRAYS]
     tmp = tmp_name(path)
     with open(tmp, "wb") as fh:
-        fh.write(_MAGIC + len(header).to_bytes(8, "little") + header)
-        for b in bufs:
-            fh.write(b)
+        fh.write(_MAGIC + b"".join(x.to_bytes(8, "little") for x in lead) + header)
+        for name, _ in _ARRAYS:
+            fh.write(memoryview(arrays[name]).cast("B"))
         fh.write(_END)
     os.replace(tmp, path)
     return {
@@ -601,7 +606,43 @@ def write_chunk(path: Path, results: list[FileResult]) -> dict:
         "samples": sum(r.enc.samples for r in results),
         "tokens": int(base[-1]),
         "skipped": sum(r.reason is not None for r in results),
+        "summary": _summary(meta, arrays["lengths"], arrays["slot_pos"], arrays["slot_count"]),
     }
+
+
+def _summary(
+    meta: list[dict], lengths: np.ndarray, slot_pos: np.ndarray, slot_count: np.ndarray
+) -> dict:
+    """What the merge's first pass needs of a work unit: its files' facts, its sample lengths
+    and the note counts of the DENSITY slots of un-augmented samples, each with its file."""
+    tok = np.array([m["tokens"] for m in meta], np.int64)
+    fstart = np.cumsum(tok) - tok
+    orig_end = fstart + np.array([m["orig_tokens"] for m in meta], np.int64)
+    fi = np.searchsorted(fstart, slot_pos, side="right") - 1
+    orig = slot_pos < orig_end[fi] if len(slot_pos) else np.zeros(0, bool)
+    return {
+        "meta": meta,
+        "lengths": lengths,
+        "slot_file": fi[orig].astype(np.int32),
+        "slot_count": slot_count[orig].astype(np.int32),
+    }
+
+
+def _layout(fh) -> tuple[int, list[int]] | None:
+    """Header length and array sizes of an open chunk file, None when it is torn or foreign
+    (its size must match the lead and it must end with the end marker)."""
+    total = os.fstat(fh.fileno()).st_size
+    lead = fh.read(_LEAD)
+    if len(lead) != _LEAD or lead[:8] != _MAGIC:
+        return None
+    n, *sizes = (int.from_bytes(lead[i : i + 8], "little") for i in range(8, _LEAD, 8))
+    if _LEAD + n + sum(sizes) + 8 != total:
+        return None
+    fh.seek(total - 8)
+    if fh.read(8) != _END:
+        return None
+    fh.seek(_LEAD)
+    return n, sizes
 
 
 def read_chunk(path: Path, arrays: bool = True) -> dict | None:
@@ -611,45 +652,39 @@ def read_chunk(path: Path, arrays: bool = True) -> dict | None:
     """
     try:
         with open(path, "rb") as fh:
-            total = os.fstat(fh.fileno()).st_size
-            lead = fh.read(16)
-            if lead[:8] != _MAGIC:
+            lay = _layout(fh)
+            if lay is None:
                 return None
-            n = int.from_bytes(lead[8:16], "little")
-            head = json.loads(fh.read(n))
-            sizes = [int(x) for x in head["sizes"]]
-            if 16 + n + sum(sizes) + 8 != total:
-                return None
-            out: dict = {"meta": head["files"]}
+            n, sizes = lay
+            out: dict = {"meta": json.loads(fh.read(n))["files"]}
             for (name, dt), size in zip(_ARRAYS, sizes, strict=True):
                 if arrays or name != "tokens":
                     out[name] = np.frombuffer(bytearray(fh.read(size)), dt)
                 else:
                     fh.seek(size, os.SEEK_CUR)
-            if fh.read(8) != _END:
-                return None
             return out
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
 def _chunk_done(path: Path) -> bool:
-    """Cheap check for resume: the header parses and the size and end marker agree."""
+    """Cheap check for resume: the lead's sizes match the file's and the end marker is there."""
     try:
         with open(path, "rb") as fh:
-            total = os.fstat(fh.fileno()).st_size
-            lead = fh.read(16)
-            n = int.from_bytes(lead[8:16], "little")
-            sizes = json.loads(fh.read(n))["sizes"]
-            fh.seek(total - 8)
-            return lead[:8] == _MAGIC and fh.read(8) == _END and 16 + n + sum(sizes) + 8 == total
-    except (OSError, ValueError, KeyError, TypeError):
+            return _layout(fh) is not None
+    except OSError:
         return False
 
 
 #: What every worker of a run needs, set once per worker by `_init_worker` (with fork it is
 #: inherited, not pickled), so a task is a chunk number.
 _JOB: tuple[PrepareConfig, list[SourceFile], int, Path] | None = None
+#: The parent's ends of the workers' pipes. A forked worker closes the copies it inherited,
+#: so that a worker sees end-of-file the moment the parent dies, whoever else still runs.
+_PARENT_ENDS: list = []
+#: Work units a worker holds at once: one it works on and one waiting in its pipe, so it
+#: never waits for the parent between units.
+_PREFETCH = 2
 
 
 def _init_worker(cfg_json: dict, files: list[SourceFile], chunk: int, work: str) -> None:
@@ -658,8 +693,8 @@ def _init_worker(cfg_json: dict, files: list[SourceFile], chunk: int, work: str)
 
 
 def run_chunk(c: int) -> dict:
-    """Worker entry point (module level: works with fork and spawn)."""
-    assert _JOB is not None, "the pool's initializer did not run"
+    """Encode work unit `c` into its chunk file (runs in a worker; module level for spawn)."""
+    assert _JOB is not None, "the worker's job was not set"
     cfg, files, chunk, work = _JOB
     part = files[c * chunk : (c + 1) * chunk]
     return write_chunk(_chunk_path(work, c), [process_file(f, cfg) for f in part])
@@ -670,11 +705,71 @@ def run_one_file(task: tuple[SourceFile, dict]) -> FileResult:
     return process_file(f, PrepareConfig.from_json(cfg_json))
 
 
+#: A 16-bar 4/4 MIDI file (format 0, 4 ticks per quarter): two notes, bars 1 and 16.
+_WARM_MIDI = (
+    b"MThd\x00\x00\x00\x06\x00\x00\x00\x01\x00\x04"
+    b"MTrk\x00\x00\x00\x19"
+    b"\x00\xff\x58\x04\x04\x02\x18\x08"
+    b"\x00\x90\x3c\x50\x04\x80\x3c\x40"
+    b"\x81\x6c\x90\x40\x50\x04\x80\x40\x40"
+    b"\x00\xff\x2f\x00"
+)
+
+
+def _warm_up(cfg: PrepareConfig) -> None:
+    """Encode a tiny built-in file in the parent before forking the workers.
+
+    The first file a process encodes pays for lazy imports (symusic pulls in an HTTP and
+    e-mail stack for its soundfont downloader) and first-call set-up: about 20-40 ms. Paid
+    once here, every forked worker inherits it instead of paying it again, in every run.
+    """
+    try:
+        encode_file(_WARM_MIDI, cfg)
+    except Exception as e:  # never a reason to stop: the workers would just start cold
+        log.debug("warm-up encode failed: %s", e)
+
+
 def _mp_context():
     # fork starts workers in milliseconds (spawn re-imports numpy and symusic per worker);
     # nothing here depends on inherited state, so spawn works too where fork is missing.
     methods = mp.get_all_start_methods()
     return mp.get_context("fork" if "fork" in methods else "spawn")
+
+
+def _worker_main(conn, job: tuple) -> None:
+    """A worker's life: encode the units the parent sends, then serve the merge's writes.
+
+    Messages in: ``("encode", c)``, ``("write", tasks)``; end of file or ``("exit",)`` ends
+    it. Out: ``("done", c, counts)``, ``("written", tokens)``, ``("error", where, text)``.
+    """
+    import signal
+
+    for end in _PARENT_ENDS:  # inherited through fork; ours to close, not to use
+        end.close()
+    # Ctrl-C reaches the whole process group: the parent alone handles it and stops us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _init_worker(*job)
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        kind = msg[0]
+        if kind == "exit":
+            return
+        try:
+            if kind == "encode":
+                out = ("done", msg[1], run_chunk(msg[1]))
+            elif kind == "write":
+                out = ("written", sum(_write_unit(t) for t in msg[1]))
+            else:
+                out = ("error", kind, "unknown message")
+        except Exception as e:  # disk full, a folder removed under us: the parent says so
+            out = ("error", msg[1] if kind == "encode" else kind, f"{type(e).__name__}: {e}")
+        try:
+            conn.send(out)
+        except (BrokenPipeError, OSError):
+            return
 
 
 # --------------------------------------------------------------------------- the run
@@ -718,81 +813,258 @@ def _isolate_chunk(c: int, files: list[SourceFile], cfg_json: dict, work: Path, 
     return write_chunk(_chunk_path(work, c), results)
 
 
-class _Pool:
-    """One process pool for the whole run (encode, then the merge's writes): forked once.
+class _Workers:
+    """The run's worker processes, started once and used by both phases.
 
-    Replaced after a worker dies (a broken pool accepts no more work).
+    Each worker has its own pipe and holds up to `_PREFETCH` units, so it goes from one unit
+    to the next without waiting for the parent, and the parent's part is one small message
+    per unit (a process pool's manager thread and per-task futures cost the parent more CPU
+    than a chorale unit takes to merge, CPU the workers need on a machine with few cores).
+    A unit is only ever sent to one worker, and a worker works through its units in order,
+    so when a worker dies the first unit it had not answered is the one that killed it.
     """
 
-    def __init__(self, workers: int, initargs: tuple = ()) -> None:
-        self.workers = workers
+    def __init__(self, n: int, job: tuple) -> None:
         self.ctx = _mp_context()
-        self.initargs = initargs
-        self._ex: ProcessPoolExecutor | None = None
+        self.job = job
+        self.procs: list = [None] * n
+        self.conns: list = [None] * n
+        self.held: list[list[int]] = [[] for _ in range(n)]
+        self.released = False
+        for i in range(n):
+            self._start(i)
 
-    def get(self) -> ProcessPoolExecutor:
-        if self._ex is None:
-            self._ex = ProcessPoolExecutor(
-                max_workers=self.workers,
-                mp_context=self.ctx,
-                initializer=_init_worker if self.initargs else None,
-                initargs=self.initargs,
-            )
-        return self._ex
+    @property
+    def n(self) -> int:
+        return len(self.procs)
 
-    def reset(self) -> None:
-        if self._ex is not None:
-            self._ex.shutdown(wait=True, cancel_futures=True)
-            self._ex = None
+    def _start(self, i: int) -> None:
+        here, there = self.ctx.Pipe()
+        _PARENT_ENDS.append(here)
+        p = self.ctx.Process(
+            target=_worker_main, args=(there, self.job), daemon=True, name=f"prepare-{i}"
+        )
+        p.start()
+        there.close()
+        self.procs[i], self.conns[i] = p, here
+        self.held[i] = []
 
-    close = reset
+    def _send(self, i: int, msg: tuple) -> None:
+        # If it died, its sentinel tells, and the units it held are handled there.
+        with contextlib.suppress(BrokenPipeError, OSError):
+            self.conns[i].send(msg)
 
+    def _reap(self, i: int) -> None:
+        """Forget worker i (it died or is done) and free its pipe."""
+        p, conn = self.procs[i], self.conns[i]
+        p.join(timeout=5)
+        if p.is_alive():
+            p.kill()
+            p.join()
+        conn.close()
+        if conn in _PARENT_ENDS:
+            _PARENT_ENDS.remove(conn)
 
-def _run_chunks(
-    tasks: list[tuple[int, list[SourceFile], dict, str]],
-    pool: _Pool,
-    on_done: Callable[[dict], None],
-) -> None:
-    """Run work units on the pool; a worker that dies costs only its own files.
+    def encode(
+        self,
+        units: Sequence[int],
+        on_done: Callable[[int, dict], None],
+        meanwhile: Callable[[], None] | None = None,
+    ) -> list[int]:
+        """Encode `units` (in this order of priority); returns the units whose worker died.
 
-    A task is (chunk number, its files, config, work folder); only the number is sent.
-    """
-    queue = list(tasks)
-    failed: list[tuple[int, list[SourceFile], dict, str]] = []
-    while queue:
-        ex = pool.get()
-        running: dict = {}
-        broken = False
+        `meanwhile` runs once the workers have their first units (the parent's own reading).
+        """
+        import selectors
+
+        queue = list(reversed(units))  # pop() from the end = next in priority
+        died: list[int] = []
+        sel = selectors.DefaultSelector()  # one for the phase: the parent wakes once a unit
+
+        def watch(i: int) -> None:
+            sel.register(self.conns[i], selectors.EVENT_READ, i)
+            sel.register(self.procs[i].sentinel, selectors.EVENT_READ, i)
+
+        def feed(i: int) -> None:
+            # Near the end a unit waits in no one's pipe: whoever is free first takes it.
+            depth = _PREFETCH if len(queue) > self.n * _PREFETCH else 1
+            while queue and len(self.held[i]) < depth:
+                c = queue.pop()
+                self.held[i].append(c)
+                self._send(i, ("encode", c))
+
+        def take(i: int, msg: tuple) -> None:
+            if msg[0] == "error":
+                raise PrepareError(
+                    f"work unit {msg[1]} failed: {msg[2]} (is the disk full?); fix it and "
+                    "run the same command again to resume"
+                )
+            _, c, counts = msg
+            self.held[i].remove(c)
+            on_done(c, counts)
+
         try:
-            while queue or running:
-                while queue and len(running) < 2 * pool.workers and not broken:
-                    t = queue.pop(0)
-                    running[ex.submit(run_chunk, t[0])] = t
-                if not running:
-                    break
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    t = running.pop(fut)
+            for i in range(self.n):
+                watch(i)
+                feed(i)
+            if meanwhile is not None:
+                meanwhile()
+            while any(self.held):
+                for i in sorted({key.data for key, _ in sel.select()}):
+                    conn, sentinel = self.conns[i], self.procs[i].sentinel
+                    gone = False
                     try:
-                        on_done(fut.result())
-                    except BrokenProcessPool:
-                        broken = True
-                        failed.append(t)
-                if broken:
-                    # Every unit still running on the broken pool is suspect too.
-                    for fut, t in running.items():
-                        try:
-                            on_done(fut.result())
-                        except BrokenProcessPool:
-                            failed.append(t)
-                    running = {}
-                    break
+                        while conn.poll():
+                            take(i, conn.recv())
+                    except (EOFError, OSError):
+                        gone = True
+                    if not gone and not self.procs[i].is_alive():
+                        gone = True
+                    if gone:
+                        sel.unregister(conn)
+                        sel.unregister(sentinel)
+                        if self.held[i]:
+                            c, *rest = self.held[i]
+                            log.warning(
+                                "a worker died in work unit %d: re-running its files one by one",
+                                c,
+                            )
+                            died.append(c)
+                            queue.extend(reversed(rest))
+                        self._reap(i)
+                        self._start(i)
+                        watch(i)
+                    feed(i)
         finally:
-            if broken or sys.exc_info()[0] is not None:
-                pool.reset()
-    for c, files, cfg_json, work in sorted(failed, key=lambda t: t[0]):
-        log.warning("a worker died in work unit %d: re-running its files one by one", c)
-        on_done(_isolate_chunk(c, files, cfg_json, Path(work), pool.ctx))
+            sel.close()
+        return died
+
+    def map_writes(self, groups: list[list[tuple]]) -> int:
+        """Run the merge's write tasks, one group per worker, in parallel."""
+        from multiprocessing.connection import wait as wait_any
+
+        waiting = {}
+        for i, g in enumerate(groups):
+            if g:
+                self._send(i, ("write", g))
+                waiting[i] = g
+        written = 0
+        while waiting:
+            objs = {self.conns[i]: i for i in waiting} | {
+                self.procs[i].sentinel: i for i in waiting
+            }
+            for obj in wait_any(list(objs)):
+                i = objs[obj]
+                if i not in waiting:
+                    continue
+                try:
+                    msg = self.conns[i].recv()
+                except (EOFError, OSError):
+                    # A writer does no parsing, so this is no bad file: do its part here.
+                    log.warning("a worker died during the merge: writing its part here")
+                    written += sum(_write_unit(t) for t in waiting.pop(i))
+                    self._reap(i)
+                    self._start(i)
+                    continue
+                if msg[0] == "error":
+                    raise PrepareError(f"writing the shards failed: {msg[2]} (is the disk full?)")
+                written += msg[1]
+                del waiting[i]
+        return written
+
+    def release(self) -> None:
+        """Tell every worker to exit, without waiting: they go while the parent syncs."""
+        if not self.released:
+            self.released = True
+            for i in range(self.n):
+                self._send(i, ("exit",))
+
+    def close(self) -> None:
+        self.release()
+        for i in range(self.n):
+            self._reap(i)
+
+    def kill(self) -> None:
+        """Stop now (an error or Ctrl-C in the parent): what they write is never read."""
+        for p in self.procs:
+            if p.is_alive():
+                p.kill()
+        for i in range(self.n):
+            self._reap(i)
+
+
+class _Pass1:
+    """The merge's first pass, fed work unit by work unit in listing order as they finish:
+    dedup (the first path with a given hash wins, so the order matters), skips, label counts,
+    each split's sample lengths, and the histogram of un-augmented training note counts that
+    the density edges come from. Units that finish early wait in `pending`."""
+
+    def __init__(self, cfg: PrepareConfig, work: Path, n_chunks: int) -> None:
+        self.work = work
+        self.n_chunks = n_chunks
+        self.want_edges = cfg.density_bins > 1 and not cfg.density_edges
+        self.pending: dict[int, dict] = {}
+        self.from_disk: set[int] = set()
+        self.next = 0
+        self.seen: dict[str, str] = {}
+        self.keep: list[np.ndarray] = []
+        self.skipped: list[dict] = []
+        self.dup_list: list[dict] = []
+        self.hist = np.zeros(1, np.int64)
+        self.labels: dict[str, int] = {}
+        self.split_lens: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
+        self.train: list[np.ndarray] = []  # per unit and file: a training file?
+        self.samples: list[np.ndarray] = []  # per unit and file: its samples
+
+    def offer(self, c: int, summary: dict | None) -> None:
+        """Unit c is finished; None = read its summary from its chunk file when its turn comes."""
+        if summary is None:
+            self.from_disk.add(c)
+        else:
+            self.pending[c] = summary
+        while self.next in self.pending or self.next in self.from_disk:
+            c = self.next
+            if c in self.from_disk:
+                self.from_disk.discard(c)
+                z = _load_chunk(_chunk_path(self.work, c), arrays=False)
+                self._fold(_summary(z["meta"], z["lengths"], z["slot_pos"], z["slot_count"]))
+            else:
+                self._fold(self.pending.pop(c))
+            self.next += 1
+
+    @property
+    def complete(self) -> bool:
+        return self.next == self.n_chunks
+
+    def _fold(self, s: dict) -> None:
+        meta = s["meta"]
+        k = np.zeros(len(meta), bool)
+        for i, m in enumerate(meta):
+            h = m["hash"]
+            if h is not None and h in self.seen:
+                self.dup_list.append({"path": m["path"], "same_as": self.seen[h]})
+                continue
+            if h is not None:
+                self.seen[h] = m["path"]
+            if m["reason"] is not None:
+                self.skipped.append({"path": m["path"], "reason": m["reason"]})
+            else:
+                k[i] = True
+                for lab, n in m["labels"].items():
+                    self.labels[lab] = self.labels.get(lab, 0) + n
+        self.keep.append(k)
+        is_train = np.array([m["split"] == "train" for m in meta], bool)
+        n_samples = np.array([m["samples"] for m in meta], np.int64)
+        self.train.append(is_train)
+        self.samples.append(n_samples)
+        for split in SPLITS:
+            take = k & (is_train if split == "train" else ~is_train)
+            self.split_lens[split].append(s["lengths"][np.repeat(take, n_samples)])
+        if self.want_edges and len(s["slot_file"]):
+            hc = np.bincount(s["slot_count"][(is_train & k)[s["slot_file"]]])
+            if len(hc) > len(self.hist):
+                self.hist = np.pad(self.hist, (0, len(hc) - len(self.hist)))
+            self.hist[: len(hc)] += hc
 
 
 def _load_chunk(path: Path, arrays: bool = True) -> dict:
@@ -822,33 +1094,74 @@ def _unit_split_tokens(
     return tokens[np.repeat(ssel, lengths)], lengths[ssel]
 
 
-def write_unit_rows(task: tuple) -> int:
-    """Worker of the merge: write one work unit's samples to their places in the shards.
+_START_WRITEBACK = sys.platform.startswith("linux") and hasattr(os, "posix_fadvise")
+#: A writer's token buffer, kept between work units (a fresh one per unit costs a page
+#: fault per 4 KiB, more than the copy itself).
+_SCRATCH: list[np.ndarray] = [np.zeros(0, np.uint16)]
 
-    The parent planned every sample's (shard, offset) with `plan_shards`, so units write
-    in parallel, in any order, with positioned writes into pre-sized files.
+
+def _write_unit(task: tuple) -> int:
+    """Write one work unit's samples to their planned places in the shard files.
+
+    ``task = (chunk file, density edges, parts)``; each part is ``(sample ranges, segments)``
+    for one split: the unit's samples that go there (ranges of kept files) and where their
+    tokens go: ``(shard file, token offset, first, end)`` over those tokens. The parent
+    planned every place, so units are written in any order, by any process, with positioned
+    writes into pre-sized files.
     """
-    path, keep, edges, rows_by_split = task
-    z = read_chunk(Path(path))
-    if z is None:
-        raise PrepareError(f"{path} is damaged: run the same command again to redo it")
+    path, edges, parts = task
+    with open(path, "rb") as fh:
+        lay = _layout(fh)
+        if lay is None:
+            raise PrepareError(f"{path} is damaged: run the same command again to redo it")
+        n, sizes = lay
+        fh.seek(_LEAD + n)
+        n_tok = sizes[0] // 2
+        if len(_SCRATCH[0]) < n_tok:
+            _SCRATCH[0] = np.empty(max(n_tok, 2 * len(_SCRATCH[0])), np.uint16)
+        tokens = _SCRATCH[0][:n_tok]
+        if fh.readinto(memoryview(tokens).cast("B")) != sizes[0]:
+            raise PrepareError(f"{path} is damaged: run the same command again to redo it")
+        lengths = np.frombuffer(fh.read(sizes[1]), np.int64)
+        slot_pos = np.frombuffer(fh.read(sizes[2]), np.int64)
+        slot_count = np.frombuffer(fh.read(sizes[3]), np.int64)
+    if len(slot_pos):
+        b = np.searchsorted(np.asarray(edges, np.float64), slot_count, side="left")
+        tokens[slot_pos] = DENSITY0 + b
+    cum = np.zeros(len(lengths) + 1, np.int64)
+    np.cumsum(lengths, out=cum[1:])
     written = 0
-    for split, (rows, shard_files) in rows_by_split.items():
-        toks, lens = _unit_split_tokens(z, np.asarray(keep, bool), edges, split)
-        if len(lens) != len(rows) or not np.array_equal(lens, rows[:, 2]):
-            raise RuntimeError(f"{path}: samples do not match the plan")
-        toks = np.ascontiguousarray(toks, np.uint16)
-        start = np.cumsum(lens) - lens
-        for k in np.unique(rows[:, 0]):
-            sel = np.flatnonzero(rows[:, 0] == k)
-            a, b = int(start[sel[0]]), int(start[sel[-1]] + lens[sel[-1]])
-            fd = os.open(shard_files[int(k)], os.O_WRONLY)
+    for ranges, segments in parts:
+        pieces = [tokens[cum[a] : cum[b]] for a, b in ranges]
+        sel = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+        if segments[-1][3] != len(sel):
+            raise PrepareError(f"{path} does not match the plan: run the same command again")
+        for shard, offset, a, b in segments:
+            fd = os.open(shard, os.O_WRONLY)
             try:
-                os.pwrite(fd, memoryview(toks[a:b]).cast("B"), int(rows[sel[0], 1]) * 2)
+                os.pwrite(fd, memoryview(sel[a:b]).cast("B"), offset * 2)
+                if _START_WRITEBACK:
+                    # On Linux this starts writing these pages to disk now (and drops only
+                    # pages already clean), so the final fsync finds little left to do and
+                    # the disk works while the writers copy.
+                    os.posix_fadvise(fd, offset * 2, (b - a) * 2, os.POSIX_FADV_DONTNEED)
             finally:
                 os.close(fd)
             written += b - a
     return written
+
+
+def _sample_ranges(take: np.ndarray, file_samples: np.ndarray) -> list[tuple[int, int]]:
+    """The samples of the files in `take`, as few ``[first, end)`` ranges as possible."""
+    ends = np.cumsum(file_samples)
+    starts = ends - file_samples
+    out: list[tuple[int, int]] = []
+    for a, b in zip(starts[take].tolist(), ends[take].tolist(), strict=True):
+        if out and out[-1][1] == a:
+            out[-1] = (out[-1][0], b)
+        elif b > a:
+            out.append((a, b))
+    return out
 
 
 def _write_shards(
@@ -859,10 +1172,16 @@ def _write_shards(
     keep: list[np.ndarray],
     edges: Sequence[float],
     split_lens: dict[str, list[np.ndarray]],
-    pool: _Pool | None,
-) -> None:
+    p1_train: list[np.ndarray],
+    p1_samples: list[np.ndarray],
+    workers: _Workers | None,
+) -> list[tuple[Path, Path]]:
+    """Plan every sample's place, then write the units into pre-sized shard files (by the
+    workers, in parallel, when there are several). Returns the written files, not yet
+    durable: the caller fsyncs them all at once."""
     tag = f".tmp{os.getpid()}"
     tasks = []
+    sizes = []
     plans = {}
     for split in SPLITS:
         lens = np.concatenate([np.zeros(0, np.int64), *split_lens[split]])
@@ -875,31 +1194,87 @@ def _write_shards(
         plans[split] = (idx, files)
     first = {s: 0 for s in SPLITS}
     for c in range(n_chunks):
-        rows_by_split = {}
+        parts = []
+        n_tok = 0
         for split in SPLITS:
             n = len(split_lens[split][c])
-            if n:
-                idx, files = plans[split]
-                rows_by_split[split] = (idx[first[split] : first[split] + n], files)
-                first[split] += n
-        if rows_by_split:
-            tasks.append((str(_chunk_path(work, c)), keep[c].tolist(), tuple(edges), rows_by_split))
-    total = sum(int(idx[:, 2].sum()) for idx, _ in plans.values())
-    if pool is not None and pool.workers > 1 and len(tasks) > 1 and total >= PARALLEL_WRITE_TOKENS:
-        list(pool.get().map(write_unit_rows, tasks))
+            if not n:
+                continue
+            idx, files = plans[split]
+            rows = idx[first[split] : first[split] + n]
+            first[split] += n
+            # The unit's samples of this split lie back to back in each shard they reach.
+            cut = [0, *(np.flatnonzero(np.diff(rows[:, 0])) + 1).tolist(), n]
+            ctok = np.concatenate([[0], np.cumsum(rows[:, 2])]).tolist()
+            segments = [
+                (files[int(rows[a, 0])], int(rows[a, 1]), ctok[a], ctok[b])
+                for a, b in itertools.pairwise(cut)
+            ]
+            take = keep[c] & (p1_train[c] if split == "train" else ~p1_train[c])
+            parts.append((_sample_ranges(take, p1_samples[c]), segments))
+            n_tok += ctok[-1]
+        if parts:
+            tasks.append((str(_chunk_path(work, c)), tuple(edges), parts))
+            sizes.append(n_tok)
+    if workers is not None and workers.n > 1 and len(tasks) > 1:
+        # Largest first, each to the least loaded worker: one message per worker.
+        groups: list[list[tuple]] = [[] for _ in range(workers.n)]
+        load = [0] * workers.n
+        for j in sorted(range(len(tasks)), key=lambda j: -sizes[j]):
+            w = load.index(min(load))
+            groups[w].append(tasks[j])
+            load[w] += sizes[j] + 1
+        workers.map_writes(groups)
     else:
         for t in tasks:
-            write_unit_rows(t)
+            _write_unit(t)
+    written = []
     for split in SPLITS:
         idx, files = plans[split]
-        for k, f in enumerate(files):
-            fd = os.open(f, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(f, shard_path(out, split, k))
-        atomic_save_npy(index_path(out, split), idx)
+        written += [(Path(f), shard_path(out, split, k)) for k, f in enumerate(files)]
+        tmp = tmp_name(index_path(out, split))
+        with open(tmp, "wb") as fh:
+            np.save(fh, idx, allow_pickle=False)
+        written.append((tmp, index_path(out, split)))
+    return written
+
+
+def _make_durable(pairs: list[tuple[Path, Path]]) -> None:
+    """fsync every (temporary, final) file at once, then rename each into place.
+
+    The fsyncs run in threads (they wait on the disk, not the CPU), so the journal commits
+    them together instead of one after another.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    def sync(p: Path) -> None:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    if len(pairs) > 1:
+        with ThreadPoolExecutor(max_workers=min(8, len(pairs))) as ex:
+            list(ex.map(sync, [t for t, _ in pairs]))
+    elif pairs:
+        sync(pairs[0][0])
+    for tmp, final in pairs:
+        os.replace(tmp, final)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make the renames in a folder durable (a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _write_text(
@@ -909,7 +1284,7 @@ def _write_text(
     keep: list[np.ndarray],
     edges: Sequence[float],
     vocab: Vocab,
-) -> None:
+) -> list[tuple[Path, Path]]:
     """One sample per line, token names separated by spaces (for inspection and other tools)."""
     tok_strings = np.asarray(vocab.tokens, dtype=object)
     text = {s: open(tmp_name(out / f"{s}.txt"), "w", encoding="ascii") for s in SPLITS}  # noqa: SIM115
@@ -926,76 +1301,31 @@ def _write_text(
                 sep[np.cumsum(lens) - 1] = "\n"
                 parts[1::2] = sep
                 text[split].write("".join(parts.tolist()))
-        for split, fh in text.items():
-            fh.flush()
-            os.fsync(fh.fileno())
-            fh.close()
-            os.replace(tmp_name(out / f"{split}.txt"), out / f"{split}.txt")
     finally:
         for fh in text.values():
-            if not fh.closed:
-                fh.close()
+            fh.close()
+    return [(tmp_name(out / f"{s}.txt"), out / f"{s}.txt") for s in SPLITS]
 
 
 def _merge(
     out: Path,
     work: Path,
-    n_chunks: int,
     cfg: PrepareConfig,
     files_total: int,
     chash: str,
-    pool: _Pool | None = None,
+    p1: _Pass1,
+    workers: _Workers | None = None,
 ) -> dict:
-    """Dedup, split, density edges, shards/text, tokenizer and manifest, from .work."""
+    """Density edges, shards/text, tokenizer and manifest, from pass 1 and .work."""
     for p in out.glob("*.tmp*"):
         p.unlink()
-    # Pass 1 (headers and lengths only): which files count, label counts, the sample lengths
-    # of each split, and the note counts of un-augmented training tracks.
-    seen: dict[str, str] = {}
-    keep: list[np.ndarray] = []
-    skipped: list[dict] = []
-    duplicates = 0
-    dup_list: list[dict] = []
-    hist = np.zeros(1, np.int64)
-    want_edges = cfg.density_bins > 1 and not cfg.density_edges
-    label_total: dict[str, int] = {}
-    split_lens: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
-    for c in range(n_chunks):
-        z = _load_chunk(_chunk_path(work, c), arrays=False)
-        meta = z["meta"]
-        k = np.zeros(len(meta), bool)
-        for i, m in enumerate(meta):
-            h = m["hash"]
-            if h is not None and h in seen:
-                duplicates += 1
-                dup_list.append({"path": m["path"], "same_as": seen[h]})
-                continue
-            if h is not None:
-                seen[h] = m["path"]
-            if m["reason"] is not None:
-                skipped.append({"path": m["path"], "reason": m["reason"]})
-            else:
-                k[i] = True
-                for lab, n in m["labels"].items():
-                    label_total[lab] = label_total.get(lab, 0) + n
-        keep.append(k)
-        for split in SPLITS:
-            split_lens[split].append(z["lengths"][_sample_mask(meta, k, split)])
-        if want_edges and len(z["slot_pos"]):
-            tok = np.array([m["tokens"] for m in meta], np.int64)
-            fstart = np.cumsum(tok) - tok
-            orig_end = fstart + np.array([m["orig_tokens"] for m in meta], np.int64)
-            train = np.array([m["split"] == "train" for m in meta], bool) & k
-            fi = np.searchsorted(fstart, z["slot_pos"], side="right") - 1
-            use = train[fi] & (z["slot_pos"] < orig_end[fi])
-            hc = np.bincount(z["slot_count"][use])
-            if len(hc) > len(hist):
-                hist = np.pad(hist, (0, len(hc) - len(hist)))
-            hist[: len(hc)] += hc
+    assert p1.complete, "the merge needs every work unit"
+    n_chunks = p1.n_chunks
+    keep, split_lens = p1.keep, p1.split_lens
     if cfg.density_edges:
         edges = cfg.density_edges
     else:
-        edges = density_edges_from_hist(hist, cfg.density_bins) if cfg.density_bins else ()
+        edges = density_edges_from_hist(p1.hist, cfg.density_bins) if cfg.density_bins else ()
     codec = cfg.codec(edges)
     vocab = codec.vocab
 
@@ -1008,16 +1338,20 @@ def _merge(
     }
     # Pass 2: fill DENSITY slots, route samples to their split, write.
     if cfg.format == "bin":
-        _write_shards(out, work, n_chunks, cfg, keep, edges, split_lens, pool)
+        written = _write_shards(
+            out, work, n_chunks, cfg, keep, edges, split_lens, p1.train, p1.samples, workers
+        )
     else:
-        _write_text(out, work, n_chunks, keep, edges, vocab)
+        written = _write_text(out, work, n_chunks, keep, edges, vocab)
+    if workers is not None:
+        workers.release()
+    tok = tmp_name(out / "tokenizer.json")
+    tok.write_text(json.dumps(vocab.tokenizer_json(), indent=1) + "\n")
+    _make_durable([*written, (tok, out / "tokenizer.json")])
 
-    atomic_write_bytes(
-        out / "tokenizer.json", (json.dumps(vocab.tokenizer_json(), indent=1) + "\n").encode()
-    )
     # Most frequent first; ties in vocabulary order.
     rank = {lab: i for i, lab in enumerate(vocab.labels)}
-    labels_seen = dict(sorted(label_total.items(), key=lambda kv: (-kv[1], rank[kv[0]])))
+    labels_seen = dict(sorted(p1.labels.items(), key=lambda kv: (-kv[1], rank[kv[0]])))
     files_ok = sum(int(k.sum()) for k in keep)
     cfg_json = cfg.to_json()
     manifest = {
@@ -1026,8 +1360,8 @@ def _merge(
         "created_by": f"bandmate {__version__}",
         "files_total": files_total,
         "files_ok": files_ok,
-        "files_skipped": len(skipped),
-        "duplicates": duplicates,
+        "files_skipped": len(p1.skipped),
+        "duplicates": len(p1.dup_list),
         "samples": {s: counts[s]["samples"] for s in SPLITS},
         "tokens": {s: counts[s]["tokens"] for s in SPLITS},
         "counts": counts,
@@ -1042,10 +1376,11 @@ def _merge(
             if cfg.format == "bin"
             else {"train": "train.txt", "val": "val.txt"}
         ),
-        "skipped": skipped,
-        "duplicate_files": dup_list,
+        "skipped": p1.skipped,
+        "duplicate_files": p1.dup_list,
     }
     atomic_write_bytes(out / "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())
+    _fsync_dir(out)
     return manifest
 
 
@@ -1072,7 +1407,8 @@ def _lock(work: Path):
 
 
 def _check_out(out: Path, chash: str, lhash: str) -> str:
-    """'done' (already finished), 'resume' or 'fresh'; refuses a folder that is not ours."""
+    """'done' (already finished), 'resume', 'fresh', or 'stale' (ours, but its state file is
+    unreadable: start over); refuses a folder that is not ours."""
     work = out / WORK
     man = out / "manifest.json"
     if man.exists():
@@ -1088,7 +1424,15 @@ def _check_out(out: Path, chash: str, lhash: str) -> str:
         )
     state = work / "state.json"
     if state.exists():
-        s = json.loads(state.read_text())
+        try:
+            s = json.loads(state.read_text())
+        except (OSError, ValueError):
+            log.warning(
+                "%s is unreadable (the machine stopped while it was written?): "
+                "starting this folder over",
+                state,
+            )
+            return "stale"
         if s.get("config_hash") != chash:
             raise PrepareError(
                 f"{out} holds an interrupted run made with other arguments "
@@ -1105,6 +1449,99 @@ def _check_out(out: Path, chash: str, lhash: str) -> str:
     if others:
         raise PrepareError(f"{out} is not empty: choose a new -o folder, or empty this one")
     return "fresh"
+
+
+def _run(
+    cfg: PrepareConfig,
+    cfg_json: dict,
+    out: Path,
+    work: Path,
+    files: list[SourceFile],
+    sizes: list[int],
+    chunk: int,
+    state: str,
+    chash: str,
+    lhash: str,
+    procs: _Workers | None,
+    progress: bool | None,
+) -> dict:
+    """The work phase and the merge, with the workers already started."""
+    n_chunks = -(-len(files) // chunk)
+    if state == "stale":
+        for p in work.glob("chunk-*"):
+            p.unlink()
+    if state in ("fresh", "stale"):
+        _write_state(
+            work / "state.json",
+            {"config_hash": chash, "listing_hash": lhash, "chunks": n_chunks, "config": cfg_json},
+        )
+    for p in work.glob("*.tmp*"):
+        p.unlink()
+    units = []
+    done_before = []
+    done_files = 0
+    for c in range(n_chunks):
+        cp = _chunk_path(work, c)
+        if cp.exists() and _chunk_done(cp):
+            done_files += len(files[c * chunk : (c + 1) * chunk])
+            done_before.append(c)
+        else:
+            units.append(c)
+    # Biggest units first (by bytes, a fair proxy for work), so the run does not end waiting
+    # on one large unit; the output does not depend on the order units finish in.
+    unit_bytes = {c: sum(sizes[c * chunk : (c + 1) * chunk]) for c in units}
+    units.sort(key=lambda c: (-unit_bytes[c], c))
+    log.info(
+        "prepare: %d files in %d work units (%d done before), %d workers -> %s",
+        len(files),
+        n_chunks,
+        len(done_before),
+        procs.n if procs else 1,
+        out,
+    )
+    prog = Progress(files=done_files)
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = None
+    if show:
+        from tqdm import tqdm
+
+        tqdm.monitor_interval = 0  # no monitor thread: workers are forked
+        bar = tqdm(total=len(files), initial=done_files, unit="file", desc="prepare")
+
+    p1 = _Pass1(cfg, work, n_chunks)
+
+    def on_done(c: int, d: dict) -> None:
+        prog.add(d)
+        p1.offer(c, d["summary"])
+        if bar is not None:
+            bar.update(d["files"])
+            bar.set_postfix(
+                samples=prog.samples, tokens=prog.tokens, skipped=prog.skipped, refresh=False
+            )
+
+    def resumed() -> None:
+        for c in done_before:
+            p1.offer(c, None)
+
+    try:
+        died = procs.encode(units, on_done, resumed) if procs else []
+        if not procs:
+            resumed()
+        for c in sorted(died):
+            part = files[c * chunk : (c + 1) * chunk]
+            on_done(c, _isolate_chunk(c, part, cfg_json, work, _mp_context()))
+    finally:
+        if bar is not None:
+            bar.close()
+    return _merge(out, work, cfg, len(files), chash, p1, procs)
+
+
+def _write_state(path: Path, state: dict) -> None:
+    """The run's state file, written whole or not at all. Not fsynced: after a power loss
+    an unreadable one only means starting the folder over (`_check_out` says so)."""
+    tmp = tmp_name(path)
+    tmp.write_text(json.dumps(state, indent=1))
+    os.replace(tmp, path)
 
 
 def prepare(
@@ -1134,70 +1571,21 @@ def prepare(
     lock = _lock(work)  # noqa: F841 (held until this function returns)
     chunk = cfg.chunk_files or auto_chunk_files(len(files))
     n_chunks = -(-len(files) // chunk)
-    if state == "fresh":
-        atomic_write_bytes(
-            work / "state.json",
-            json.dumps(
-                {
-                    "config_hash": chash,
-                    "listing_hash": lhash,
-                    "chunks": n_chunks,
-                    "config": cfg.to_json(),
-                },
-                indent=1,
-            ).encode(),
-        )
-    for p in work.glob("*.tmp*"):
-        p.unlink()
     cfg_json = cfg.to_json()
-    tasks = []
-    done_files = 0
-    for c in range(n_chunks):
-        part = files[c * chunk : (c + 1) * chunk]
-        cp = _chunk_path(work, c)
-        if cp.exists() and _chunk_done(cp):
-            done_files += len(part)
-        else:
-            tasks.append((c, part, cfg_json, str(work)))
-    # Biggest units first (by bytes, a fair proxy for work), so the run does not end waiting
-    # on one large unit; the output does not depend on the order units finish in.
-    unit_bytes = {c: sum(sizes[c * chunk : (c + 1) * chunk]) for c, *_ in tasks}
-    tasks.sort(key=lambda t: (-unit_bytes[t[0]], t[0]))
-    log.info(
-        "prepare: %d files in %d work units (%d done before), %d workers -> %s",
-        len(files),
-        n_chunks,
-        n_chunks - len(tasks),
-        workers,
-        out,
-    )
-    prog = Progress(files=done_files)
-    show = sys.stderr.isatty() if progress is None else progress
-    bar = None
-    if show:
-        from tqdm import tqdm
-
-        tqdm.monitor_interval = 0  # no monitor thread: workers are forked
-        bar = tqdm(total=len(files), initial=done_files, unit="file", desc="prepare")
-
-    def on_done(d: dict) -> None:
-        prog.add(d)
-        if bar is not None:
-            bar.update(d["files"])
-            bar.set_postfix(
-                samples=prog.samples, tokens=prog.tokens, skipped=prog.skipped, refresh=False
-            )
-
-    pool = _Pool(workers, (cfg_json, files, chunk, str(work)))
+    # Workers first (they start while the parent writes its state and checks old units).
+    n_proc = min(workers, n_chunks)
+    if n_proc and _mp_context().get_start_method() == "fork":
+        _warm_up(cfg)
+    procs = _Workers(n_proc, (cfg_json, files, chunk, str(work))) if n_proc else None
+    ok = False
     try:
-        try:
-            _run_chunks(tasks, pool, on_done)
-        finally:
-            if bar is not None:
-                bar.close()
-        manifest = _merge(out, work, n_chunks, cfg, len(files), chash, pool)
+        manifest = _run(
+            cfg, cfg_json, out, work, files, sizes, chunk, state, chash, lhash, procs, progress
+        )
+        ok = True
     finally:
-        pool.close()
+        if procs is not None:
+            procs.close() if ok else procs.kill()
     shutil.rmtree(work, ignore_errors=True)
     if not manifest["samples"]["train"]:
         log.warning("no training samples were written: see the skipped files in the manifest")
