@@ -33,9 +33,10 @@ import multiprocessing as mp
 import os
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -56,9 +57,9 @@ from bandmate.models.vocab import (
 from bandmate.training.shards import (
     DEFAULT_SHARD_TOKENS,
     SPLITS,
+    ShardPlanner,
     atomic_write_bytes,
     index_path,
-    plan_shards,
     shard_path,
     tmp_name,
 )
@@ -503,6 +504,27 @@ def listing_hash(files: list[SourceFile], sizes: list[int] | None = None) -> str
     return h.hexdigest()[:16]
 
 
+class Listing:
+    """The files of a run, with their listing hash and sizes computed once, when first asked
+    for: a fresh run asks only after its workers have their first units."""
+
+    def __init__(self, files: list[SourceFile]) -> None:
+        self.files = files
+        self._hash: str | None = None
+        self._sizes: list[int] = []
+
+    @property
+    def hash(self) -> str:
+        if self._hash is None:
+            self._hash = listing_hash(self.files, self._sizes)
+        return self._hash
+
+    @property
+    def sizes(self) -> list[int]:
+        self.hash  # noqa: B018 (fills the sizes)
+        return self._sizes
+
+
 @dataclass
 class FileResult:
     path: str
@@ -739,8 +761,9 @@ def _mp_context():
 def _worker_main(conn, job: tuple) -> None:
     """A worker's life: encode the units the parent sends, then serve the merge's writes.
 
-    Messages in: ``("encode", c)``, ``("write", tasks)``; end of file or ``("exit",)`` ends
-    it. Out: ``("done", c, counts)``, ``("written", tokens)``, ``("error", where, text)``.
+    Messages in: ``("encode", c)``, ``("write", tasks)``; end of file or ``("exit", files)``
+    (files to remove first) ends it. Out: ``("done", c, counts)``, ``("written", tokens)``,
+    ``("error", where, text)``.
     """
     import signal
 
@@ -748,6 +771,11 @@ def _worker_main(conn, job: tuple) -> None:
         end.close()
     # Ctrl-C reaches the whole process group: the parent alone handles it and stops us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(os, "nice"):
+        # One step below the parent: a worker woken with work must not take the CPU from
+        # the parent while it is still handing out work to the others.
+        with contextlib.suppress(OSError):
+            os.nice(1)
     _init_worker(*job)
     while True:
         try:
@@ -756,12 +784,15 @@ def _worker_main(conn, job: tuple) -> None:
             return
         kind = msg[0]
         if kind == "exit":
+            for path in msg[1] if len(msg) > 1 else ():  # the run's work files to remove
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
             return
         try:
             if kind == "encode":
                 out = ("done", msg[1], run_chunk(msg[1]))
             elif kind == "write":
-                out = ("written", sum(_write_unit(t) for t in msg[1]))
+                out = ("written", _write_group(msg[1]))
             else:
                 out = ("error", kind, "unknown message")
         except Exception as e:  # disk full, a folder removed under us: the parent says so
@@ -813,6 +844,57 @@ def _isolate_chunk(c: int, files: list[SourceFile], cfg_json: dict, work: Path, 
     return write_chunk(_chunk_path(work, c), results)
 
 
+class _ForkedProc:
+    """A worker started with a bare `os.fork()`, with the parts of `multiprocessing.Process`
+    the run uses (`sentinel`, `join`, `is_alive`, `kill`). multiprocessing's own start-up
+    (its bootstrap and after-fork hooks) takes the parent and the child about 2 ms more per
+    worker, a few percent of the run on a small corpus."""
+
+    def __init__(self, target: Callable, args: tuple) -> None:
+        r, w = os.pipe()  # the sentinel: end of file once the child has exited
+        pid = os.fork()
+        if pid == 0:  # the child: never returns, never runs the parent's exit handlers
+            code = 1
+            try:
+                os.close(r)
+                target(*args)
+                code = 0
+            except BaseException:
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        os.close(w)
+        self.pid, self.sentinel = pid, r
+        self.exitcode: int | None = None
+
+    def _reaped(self, status: int) -> None:
+        self.exitcode = os.waitstatus_to_exitcode(status)
+        os.close(self.sentinel)
+
+    def is_alive(self) -> bool:
+        if self.exitcode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self._reaped(status)
+        return self.exitcode is None
+
+    def join(self, timeout: float | None = None) -> None:
+        if self.exitcode is None:
+            import select
+
+            if select.select([self.sentinel], [], [], timeout)[0]:
+                self._reaped(os.waitpid(self.pid, 0)[1])
+
+    def kill(self) -> None:
+        if self.exitcode is None:
+            import signal
+
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+
+
 class _Workers:
     """The run's worker processes, started once and used by both phases.
 
@@ -830,8 +912,12 @@ class _Workers:
         self.procs: list = [None] * n
         self.conns: list = [None] * n
         self.held: list[list[int]] = [[] for _ in range(n)]
+        self.writing: dict[int, list[tuple]] = {}
         self.released = False
-        for i in range(n):
+
+    def ensure(self, i: int) -> None:
+        """Start worker i if it is not running yet (they start as work is handed out)."""
+        if self.procs[i] is None:
             self._start(i)
 
     @property
@@ -841,10 +927,13 @@ class _Workers:
     def _start(self, i: int) -> None:
         here, there = self.ctx.Pipe()
         _PARENT_ENDS.append(here)
-        p = self.ctx.Process(
-            target=_worker_main, args=(there, self.job), daemon=True, name=f"prepare-{i}"
-        )
-        p.start()
+        if self.ctx.get_start_method() == "fork":
+            p = _ForkedProc(_worker_main, (there, self.job))
+        else:
+            p = self.ctx.Process(
+                target=_worker_main, args=(there, self.job), daemon=True, name=f"prepare-{i}"
+            )
+            p.start()
         there.close()
         self.procs[i], self.conns[i] = p, here
         self.held[i] = []
@@ -857,6 +946,9 @@ class _Workers:
     def _reap(self, i: int) -> None:
         """Forget worker i (it died or is done) and free its pipe."""
         p, conn = self.procs[i], self.conns[i]
+        if p is None:
+            return
+        self.procs[i] = self.conns[i] = None
         p.join(timeout=5)
         if p.is_alive():
             p.kill()
@@ -869,11 +961,13 @@ class _Workers:
         self,
         units: Sequence[int],
         on_done: Callable[[int, dict], None],
-        meanwhile: Callable[[], None] | None = None,
+        meanwhile: Callable[[], Callable[[int], object] | None] | None = None,
     ) -> list[int]:
         """Encode `units` (in this order of priority); returns the units whose worker died.
 
-        `meanwhile` runs once the workers have their first units (the parent's own reading).
+        `meanwhile` runs once the workers have their first units (the parent's own start-up
+        work); it may return a sort key that reorders the units not yet handed out, biggest
+        key first.
         """
         import selectors
 
@@ -904,13 +998,18 @@ class _Workers:
             on_done(c, counts)
 
         try:
-            for i in range(self.n):
+            for i in range(self.n):  # each starts working while the next one is forked
+                self.ensure(i)
                 watch(i)
                 feed(i)
             if meanwhile is not None:
-                meanwhile()
+                key = meanwhile()
+                if key is not None:
+                    queue.sort(key=key)
             while any(self.held):
-                for i in sorted({key.data for key, _ in sel.select()}):
+                events = sel.select()
+                ready = {key.fileobj for key, _ in events}
+                for i in sorted({key.data for key, _ in events}):
                     conn, sentinel = self.conns[i], self.procs[i].sentinel
                     gone = False
                     try:
@@ -918,7 +1017,7 @@ class _Workers:
                             take(i, conn.recv())
                     except (EOFError, OSError):
                         gone = True
-                    if not gone and not self.procs[i].is_alive():
+                    if not gone and sentinel in ready:
                         gone = True
                     if gone:
                         sel.unregister(conn)
@@ -939,16 +1038,19 @@ class _Workers:
             sel.close()
         return died
 
-    def map_writes(self, groups: list[list[tuple]]) -> int:
-        """Run the merge's write tasks, one group per worker, in parallel."""
-        from multiprocessing.connection import wait as wait_any
-
-        waiting = {}
+    def send_writes(self, groups: list[list[tuple]]) -> None:
+        """Hand out the merge's write tasks, one group per worker; `wait_writes` collects."""
+        self.writing = {}
         for i, g in enumerate(groups):
             if g:
+                self.ensure(i)
                 self._send(i, ("write", g))
-                waiting[i] = g
-        written = 0
+                self.writing[i] = g
+
+    def wait_writes(self) -> int:
+        from multiprocessing.connection import wait as wait_any
+
+        waiting, written = self.writing, 0
         while waiting:
             objs = {self.conns[i]: i for i in waiting} | {
                 self.procs[i].sentinel: i for i in waiting
@@ -962,7 +1064,7 @@ class _Workers:
                 except (EOFError, OSError):
                     # A writer does no parsing, so this is no bad file: do its part here.
                     log.warning("a worker died during the merge: writing its part here")
-                    written += sum(_write_unit(t) for t in waiting.pop(i))
+                    written += _write_group(waiting.pop(i))
                     self._reap(i)
                     self._start(i)
                     continue
@@ -972,12 +1074,18 @@ class _Workers:
                 del waiting[i]
         return written
 
-    def release(self) -> None:
-        """Tell every worker to exit, without waiting: they go while the parent syncs."""
-        if not self.released:
-            self.released = True
-            for i in range(self.n):
-                self._send(i, ("exit",))
+    def release(self, remove: Sequence[str] = ()) -> list[str]:
+        """Tell every worker to exit, without waiting, first removing its share of `remove`
+        (the run's work files: unlinking frees their page cache, which takes a while).
+        Returns the share no worker took."""
+        live = [i for i in range(self.n) if self.procs[i] is not None]
+        if self.released or not live:
+            return list(remove)
+        self.released = True
+        share = -(-len(remove) // (len(live) + 1))  # the parent takes a share too
+        for j, i in enumerate(live):
+            self._send(i, ("exit", list(remove[j * share : (j + 1) * share])))
+        return list(remove[len(live) * share :])
 
     def close(self) -> None:
         self.release()
@@ -987,7 +1095,7 @@ class _Workers:
     def kill(self) -> None:
         """Stop now (an error or Ctrl-C in the parent): what they write is never read."""
         for p in self.procs:
-            if p.is_alive():
+            if p is not None and p.is_alive():
                 p.kill()
         for i in range(self.n):
             self._reap(i)
@@ -997,10 +1105,19 @@ class _Pass1:
     """The merge's first pass, fed work unit by work unit in listing order as they finish:
     dedup (the first path with a given hash wins, so the order matters), skips, label counts,
     each split's sample lengths, and the histogram of un-augmented training note counts that
-    the density edges come from. Units that finish early wait in `pending`."""
+    the density edges come from. Units that finish early wait in `pending`.
 
-    def __init__(self, cfg: PrepareConfig, work: Path, n_chunks: int) -> None:
+    Every sample's place in the shards depends only on the samples before it, so each unit
+    is planned here too, with its write task (all but the density edges, which need every
+    unit): the merge has little left to do when the last unit comes in."""
+
+    def __init__(self, cfg: PrepareConfig, work: Path, n_chunks: int, out: Path) -> None:
         self.work = work
+        tag = f".tmp{os.getpid()}"
+        self.shard_file = {s: (lambda k, s=s: str(shard_path(out, s, k)) + tag) for s in SPLITS}
+        self.planners = {s: ShardPlanner(cfg.shard_tokens) for s in SPLITS}
+        self.rows: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
+        self.tasks: list[tuple[str, list, int]] = []  # (chunk file, parts, tokens)
         self.n_chunks = n_chunks
         self.want_edges = cfg.density_bins > 1 and not cfg.density_edges
         self.pending: dict[int, dict] = {}
@@ -1013,8 +1130,6 @@ class _Pass1:
         self.hist = np.zeros(1, np.int64)
         self.labels: dict[str, int] = {}
         self.split_lens: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
-        self.train: list[np.ndarray] = []  # per unit and file: a training file?
-        self.samples: list[np.ndarray] = []  # per unit and file: its samples
 
     def offer(self, c: int, summary: dict | None) -> None:
         """Unit c is finished; None = read its summary from its chunk file when its turn comes."""
@@ -1055,11 +1170,27 @@ class _Pass1:
         self.keep.append(k)
         is_train = np.array([m["split"] == "train" for m in meta], bool)
         n_samples = np.array([m["samples"] for m in meta], np.int64)
-        self.train.append(is_train)
-        self.samples.append(n_samples)
+        parts = []
+        n_tok = 0
         for split in SPLITS:
             take = k & (is_train if split == "train" else ~is_train)
-            self.split_lens[split].append(s["lengths"][np.repeat(take, n_samples)])
+            lens = s["lengths"][np.repeat(take, n_samples)]
+            self.split_lens[split].append(lens)
+            if not len(lens):
+                continue
+            rows = self.planners[split].add(lens)
+            self.rows[split].append(rows)
+            # The unit's samples of this split lie back to back in each shard they reach.
+            cut = [0, *(np.flatnonzero(np.diff(rows[:, 0])) + 1).tolist(), len(rows)]
+            ctok = np.concatenate([[0], np.cumsum(rows[:, 2])]).tolist()
+            segments = [
+                (self.shard_file[split](int(rows[a, 0])), int(rows[a, 1]), ctok[a], ctok[b])
+                for a, b in itertools.pairwise(cut)
+            ]
+            parts.append((_sample_ranges(take, n_samples), segments))
+            n_tok += ctok[-1]
+        if parts:
+            self.tasks.append((str(_chunk_path(self.work, self.next)), parts, n_tok))
         if self.want_edges and len(s["slot_file"]):
             hc = np.bincount(s["slot_count"][(is_train & k)[s["slot_file"]]])
             if len(hc) > len(self.hist):
@@ -1151,6 +1282,23 @@ def _write_unit(task: tuple) -> int:
     return written
 
 
+def _write_group(tasks: list[tuple]) -> int:
+    """A writer's share of the merge, then its shards' data made durable (fdatasync: the
+    other writers' pages of a shard are flushed too, which only makes their sync shorter)."""
+    return sum(_write_unit(t) for t in tasks)
+
+
+def _sync(path: str | Path, data_only: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if data_only and hasattr(os, "fdatasync"):
+            os.fdatasync(fd)
+        else:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _sample_ranges(take: np.ndarray, file_samples: np.ndarray) -> list[tuple[int, int]]:
     """The samples of the files in `take`, as few ``[first, end)`` ranges as possible."""
     ends = np.cumsum(file_samples)
@@ -1166,99 +1314,67 @@ def _sample_ranges(take: np.ndarray, file_samples: np.ndarray) -> list[tuple[int
 
 def _write_shards(
     out: Path,
-    work: Path,
-    n_chunks: int,
-    cfg: PrepareConfig,
-    keep: list[np.ndarray],
+    p1: _Pass1,
     edges: Sequence[float],
-    split_lens: dict[str, list[np.ndarray]],
-    p1_train: list[np.ndarray],
-    p1_samples: list[np.ndarray],
     workers: _Workers | None,
+    extra: Sequence[tuple[Path, bytes]] = (),
 ) -> list[tuple[Path, Path]]:
-    """Plan every sample's place, then write the units into pre-sized shard files (by the
-    workers, in parallel, when there are several). Returns the written files, not yet
-    durable: the caller fsyncs them all at once."""
-    tag = f".tmp{os.getpid()}"
-    tasks = []
-    sizes = []
+    """Write the planned units into pre-sized shard files (by the workers, in parallel, when
+    there are several; the parent writes the indexes and `extra` meanwhile). Returns
+    (temporary, final) names of files whose data is durable, for the caller to rename."""
     plans = {}
     for split in SPLITS:
-        lens = np.concatenate([np.zeros(0, np.int64), *split_lens[split]])
-        idx = plan_shards(lens, cfg.shard_tokens)
-        n_shards = int(idx[:, 0].max()) + 1 if len(idx) else 0
-        files = [str(shard_path(out, split, k)) + tag for k in range(n_shards)]
-        for k, f in enumerate(files):
+        idx = np.concatenate([np.zeros((0, 3), np.int64), *p1.rows[split]])
+        n_shards = p1.planners[split].shards
+        files = [p1.shard_file[split](k) for k in range(n_shards)]
+        per_shard = np.bincount(idx[:, 0], weights=idx[:, 2], minlength=n_shards)
+        for f, n_tok in zip(files, per_shard.tolist(), strict=True):
             with open(f, "wb") as fh:
-                fh.truncate(int(idx[idx[:, 0] == k, 2].sum()) * 2)
+                fh.truncate(int(n_tok) * 2)
         plans[split] = (idx, files)
-    first = {s: 0 for s in SPLITS}
-    for c in range(n_chunks):
-        parts = []
-        n_tok = 0
-        for split in SPLITS:
-            n = len(split_lens[split][c])
-            if not n:
-                continue
-            idx, files = plans[split]
-            rows = idx[first[split] : first[split] + n]
-            first[split] += n
-            # The unit's samples of this split lie back to back in each shard they reach.
-            cut = [0, *(np.flatnonzero(np.diff(rows[:, 0])) + 1).tolist(), n]
-            ctok = np.concatenate([[0], np.cumsum(rows[:, 2])]).tolist()
-            segments = [
-                (files[int(rows[a, 0])], int(rows[a, 1]), ctok[a], ctok[b])
-                for a, b in itertools.pairwise(cut)
-            ]
-            take = keep[c] & (p1_train[c] if split == "train" else ~p1_train[c])
-            parts.append((_sample_ranges(take, p1_samples[c]), segments))
-            n_tok += ctok[-1]
-        if parts:
-            tasks.append((str(_chunk_path(work, c)), tuple(edges), parts))
-            sizes.append(n_tok)
-    if workers is not None and workers.n > 1 and len(tasks) > 1:
-        # Largest first, each to the least loaded worker: one message per worker.
-        groups: list[list[tuple]] = [[] for _ in range(workers.n)]
-        load = [0] * workers.n
-        for j in sorted(range(len(tasks)), key=lambda j: -sizes[j]):
-            w = load.index(min(load))
-            groups[w].append(tasks[j])
-            load[w] += sizes[j] + 1
-        workers.map_writes(groups)
-    else:
-        for t in tasks:
-            _write_unit(t)
-    written = []
+    edges = tuple(edges)
+    tasks = [(path, edges, parts) for path, parts, _ in p1.tasks]
+    sizes = [n_tok for *_, n_tok in p1.tasks]
+    parallel = workers is not None and workers.n > 1 and len(tasks) > 1
+    # The small files first (the indexes and whatever the caller adds): creating files while
+    # the writers keep the journal busy can wait milliseconds. Their fsyncs wait on the disk,
+    # not the CPU: in threads, sharing journal commits and overlapping the shard writes.
+    small = []
     for split in SPLITS:
-        idx, files = plans[split]
-        written += [(Path(f), shard_path(out, split, k)) for k, f in enumerate(files)]
         tmp = tmp_name(index_path(out, split))
         with open(tmp, "wb") as fh:
-            np.save(fh, idx, allow_pickle=False)
-        written.append((tmp, index_path(out, split)))
-    return written
+            np.save(fh, plans[split][0], allow_pickle=False)
+        small.append((tmp, index_path(out, split)))
+    for path, data in extra:
+        tmp = tmp_name(path)
+        tmp.write_bytes(data)
+        small.append((tmp, path))
+    shards = [
+        (Path(f), shard_path(out, split, k))
+        for split in SPLITS
+        for k, f in enumerate(plans[split][1])
+    ]
+    with ThreadPoolExecutor(max_workers=len(small) + len(shards)) as ex:
+        synced = [ex.submit(_sync, tmp) for tmp, _ in small]
+        if parallel:
+            # Largest first, each to the least loaded worker: one message per worker.
+            groups: list[list[tuple]] = [[] for _ in range(workers.n)]
+            load = [0] * workers.n
+            for j in sorted(range(len(tasks)), key=lambda j: -sizes[j]):
+                w = load.index(min(load))
+                groups[w].append(tasks[j])
+                load[w] += sizes[j] + 1
+            workers.send_writes(groups)
+            workers.wait_writes()
+        else:
+            _write_group(tasks)
+        synced += [ex.submit(_sync, f) for f, _ in shards]
+        for f in synced:
+            f.result()
+    return shards + small
 
 
-def _make_durable(pairs: list[tuple[Path, Path]]) -> None:
-    """fsync every (temporary, final) file at once, then rename each into place.
-
-    The fsyncs run in threads (they wait on the disk, not the CPU), so the journal commits
-    them together instead of one after another.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    def sync(p: Path) -> None:
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    if len(pairs) > 1:
-        with ThreadPoolExecutor(max_workers=min(8, len(pairs))) as ex:
-            list(ex.map(sync, [t for t, _ in pairs]))
-    elif pairs:
-        sync(pairs[0][0])
+def _rename_all(pairs: list[tuple[Path, Path]]) -> None:
     for tmp, final in pairs:
         os.replace(tmp, final)
 
@@ -1337,17 +1453,17 @@ def _merge(
         for s in SPLITS
     }
     # Pass 2: fill DENSITY slots, route samples to their split, write.
+    tok = (out / "tokenizer.json", (json.dumps(vocab.tokenizer_json(), indent=1) + "\n").encode())
     if cfg.format == "bin":
-        written = _write_shards(
-            out, work, n_chunks, cfg, keep, edges, split_lens, p1.train, p1.samples, workers
-        )
+        written = _write_shards(out, p1, edges, workers, [tok])
     else:
         written = _write_text(out, work, n_chunks, keep, edges, vocab)
-    if workers is not None:
-        workers.release()
-    tok = tmp_name(out / "tokenizer.json")
-    tok.write_text(json.dumps(vocab.tokenizer_json(), indent=1) + "\n")
-    _make_durable([*written, (tok, out / "tokenizer.json")])
+        tmp = tmp_name(tok[0])
+        tmp.write_bytes(tok[1])
+        written.append((tmp, tok[0]))
+        for t, _ in written:
+            _sync(t)
+    _rename_all(written)
 
     # Most frequent first; ties in vocabulary order.
     rank = {lab: i for i, lab in enumerate(vocab.labels)}
@@ -1380,7 +1496,6 @@ def _merge(
         "duplicate_files": p1.dup_list,
     }
     atomic_write_bytes(out / "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())
-    _fsync_dir(out)
     return manifest
 
 
@@ -1406,7 +1521,7 @@ def _lock(work: Path):
     return fh
 
 
-def _check_out(out: Path, chash: str, lhash: str) -> str:
+def _check_out(out: Path, chash: str, listing: Listing) -> str:
     """'done' (already finished), 'resume', 'fresh', or 'stale' (ours, but its state file is
     unreadable: start over); refuses a folder that is not ours."""
     work = out / WORK
@@ -1439,7 +1554,7 @@ def _check_out(out: Path, chash: str, lhash: str) -> str:
                 f"(see {state}): run again with the same arguments to finish it, "
                 "or delete the folder to start over"
             )
-        if s.get("listing_hash") != lhash:
+        if s.get("listing_hash") != listing.hash:
             raise PrepareError(
                 f"the MIDI files changed since the interrupted run in {out} started: "
                 "delete the folder to start over"
@@ -1456,41 +1571,49 @@ def _run(
     cfg_json: dict,
     out: Path,
     work: Path,
-    files: list[SourceFile],
-    sizes: list[int],
+    listing: Listing,
     chunk: int,
     state: str,
     chash: str,
-    lhash: str,
     procs: _Workers | None,
     progress: bool | None,
 ) -> dict:
-    """The work phase and the merge, with the workers already started."""
+    """The work phase and the merge."""
+    files = listing.files
     n_chunks = -(-len(files) // chunk)
-    if state == "stale":
-        for p in work.glob("chunk-*"):
-            p.unlink()
-    if state in ("fresh", "stale"):
-        _write_state(
-            work / "state.json",
-            {"config_hash": chash, "listing_hash": lhash, "chunks": n_chunks, "config": cfg_json},
-        )
-    for p in work.glob("*.tmp*"):
-        p.unlink()
+    fresh = state in ("fresh", "stale")
     units = []
     done_before = []
     done_files = 0
-    for c in range(n_chunks):
-        cp = _chunk_path(work, c)
-        if cp.exists() and _chunk_done(cp):
-            done_files += len(files[c * chunk : (c + 1) * chunk])
-            done_before.append(c)
-        else:
-            units.append(c)
-    # Biggest units first (by bytes, a fair proxy for work), so the run does not end waiting
-    # on one large unit; the output does not depend on the order units finish in.
-    unit_bytes = {c: sum(sizes[c * chunk : (c + 1) * chunk]) for c in units}
-    units.sort(key=lambda c: (-unit_bytes[c], c))
+    if fresh:
+        # Nothing here is ours to reuse: every unit is (re)done and its file rewritten. A
+        # left-over temporary file is never reused (its name has a dead process's id).
+        if state == "stale":
+            for p in work.glob("chunk-*"):
+                p.unlink()
+        units = list(range(n_chunks))
+    else:
+        for p in work.glob("*.tmp*"):
+            p.unlink()
+        for c in range(n_chunks):
+            cp = _chunk_path(work, c)
+            if cp.exists() and _chunk_done(cp):
+                done_files += len(files[c * chunk : (c + 1) * chunk])
+                done_before.append(c)
+            else:
+                units.append(c)
+
+    def by_size() -> Callable[[int], object]:
+        """Biggest units first (by bytes, a fair proxy for work), so the run does not end
+        waiting on one large unit; the output does not depend on the order units finish in.
+        As a key for the queue, which hands out its last item first."""
+        sizes = listing.sizes
+        unit_bytes = {c: sum(sizes[c * chunk : (c + 1) * chunk]) for c in units}
+        return lambda c: (unit_bytes[c], -c)
+
+    if not fresh:  # the listing is hashed already (the resume check)
+        key = by_size()
+        units.sort(key=key, reverse=True)
     log.info(
         "prepare: %d files in %d work units (%d done before), %d workers -> %s",
         len(files),
@@ -1508,7 +1631,7 @@ def _run(
         tqdm.monitor_interval = 0  # no monitor thread: workers are forked
         bar = tqdm(total=len(files), initial=done_files, unit="file", desc="prepare")
 
-    p1 = _Pass1(cfg, work, n_chunks)
+    p1 = _Pass1(cfg, work, n_chunks, out)
 
     def on_done(c: int, d: dict) -> None:
         prog.add(d)
@@ -1519,14 +1642,28 @@ def _run(
                 samples=prog.samples, tokens=prog.tokens, skipped=prog.skipped, refresh=False
             )
 
-    def resumed() -> None:
+    def meanwhile() -> Callable[[int], object] | None:
+        """The parent's own start-up work, done while the workers take their first units."""
         for c in done_before:
             p1.offer(c, None)
+        if not fresh:
+            return None
+        # A kill before this is written only means starting over next time.
+        _write_state(
+            work / "state.json",
+            {
+                "config_hash": chash,
+                "listing_hash": listing.hash,
+                "chunks": n_chunks,
+                "config": cfg_json,
+            },
+        )
+        return by_size()
 
     try:
-        died = procs.encode(units, on_done, resumed) if procs else []
+        died = procs.encode(units, on_done, meanwhile) if procs else []
         if not procs:
-            resumed()
+            meanwhile()
         for c in sorted(died):
             part = files[c * chunk : (c + 1) * chunk]
             on_done(c, _isolate_chunk(c, part, cfg_json, work, _mp_context()))
@@ -1557,11 +1694,11 @@ def prepare(
         raise ValueError("workers must be >= 1")
     t0 = time.perf_counter()
     files = select_shard(list_sources(cfg.sources), cfg.shard)
-    sizes: list[int] = []
-    chash, lhash = config_hash(cfg), listing_hash(files, sizes)
+    listing = Listing(files)
+    chash = config_hash(cfg)
     if out.exists() and not out.is_dir():
         raise PrepareError(f"{out} is a file: -o needs a folder")
-    state = _check_out(out, chash, lhash)
+    state = _check_out(out, chash, listing)
     if state == "done":
         shutil.rmtree(out / WORK, ignore_errors=True)
         log.info("%s already holds this preparation (same arguments): nothing to do", out)
@@ -1572,21 +1709,29 @@ def prepare(
     chunk = cfg.chunk_files or auto_chunk_files(len(files))
     n_chunks = -(-len(files) // chunk)
     cfg_json = cfg.to_json()
-    # Workers first (they start while the parent writes its state and checks old units).
+    # The workers start as their first units are handed out; fork copies the warmed codec.
     n_proc = min(workers, n_chunks)
     if n_proc and _mp_context().get_start_method() == "fork":
         _warm_up(cfg)
     procs = _Workers(n_proc, (cfg_json, files, chunk, str(work))) if n_proc else None
     ok = False
     try:
-        manifest = _run(
-            cfg, cfg_json, out, work, files, sizes, chunk, state, chash, lhash, procs, progress
-        )
+        manifest = _run(cfg, cfg_json, out, work, listing, chunk, state, chash, procs, progress)
         ok = True
+        # A kill from here on finds the manifest: .work is needed no more. The workers
+        # remove their share of it while the renames are made durable (a thread: it waits
+        # on the disk) and the parent removes the rest.
+        syncing = threading.Thread(target=_fsync_dir, args=(out,))
+        syncing.start()
+        chunks = [str(_chunk_path(work, c)) for c in range(n_chunks)]
+        for path in procs.release(chunks) if procs is not None else chunks:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
     finally:
         if procs is not None:
             procs.close() if ok else procs.kill()
     shutil.rmtree(work, ignore_errors=True)
+    syncing.join()
     if not manifest["samples"]["train"]:
         log.warning("no training samples were written: see the skipped files in the manifest")
     if not manifest["samples"]["val"] and cfg.val_fraction > 0 and manifest["files_ok"]:

@@ -63,28 +63,49 @@ def plan_shards(lengths: np.ndarray, shard_tokens: int = DEFAULT_SHARD_TOKENS) -
     Greedy, in order: a shard takes samples while they fit; a sample longer than a shard gets
     a shard of its own. Lets several processes write their samples straight into place.
     """
-    lengths = np.asarray(lengths, np.int64)
-    n = len(lengths)
-    idx = np.zeros((n, 3), np.int64)
-    ends = np.cumsum(lengths)
-    i = pos = k = fill = 0
-    while i < n:
-        j = int(np.searchsorted(ends, pos + shard_tokens - fill, side="right"))
-        if j <= i:
-            if fill:
+    return ShardPlanner(shard_tokens).add(lengths)
+
+
+class ShardPlanner:
+    """`plan_shards` fed piece by piece, with the same result as one call on all the pieces:
+    the preprocessor plans each work unit as soon as the units before it are known."""
+
+    def __init__(self, shard_tokens: int = DEFAULT_SHARD_TOKENS) -> None:
+        self.shard_tokens = shard_tokens
+        self.k = 0  # the shard being filled
+        self.fill = 0  # its tokens so far
+
+    @property
+    def shards(self) -> int:
+        """Shards planned so far."""
+        return self.k + (1 if self.fill else 0)
+
+    def add(self, lengths: np.ndarray) -> np.ndarray:
+        """Rows (shard, offset, length) for the next samples."""
+        lengths = np.asarray(lengths, np.int64)
+        n = len(lengths)
+        idx = np.zeros((n, 3), np.int64)
+        ends = np.cumsum(lengths)
+        i = pos = 0
+        k, fill, cap = self.k, self.fill, self.shard_tokens
+        while i < n:
+            j = int(np.searchsorted(ends, pos + cap - fill, side="right"))
+            if j <= i:
+                if fill:
+                    k, fill = k + 1, 0
+                    continue
+                j = i + 1
+            lens = lengths[i:j]
+            idx[i:j, 0] = k
+            idx[i:j, 1] = fill + np.cumsum(lens) - lens
+            idx[i:j, 2] = lens
+            fill += int(lens.sum())
+            pos = int(ends[j - 1])
+            i = j
+            if fill >= cap:
                 k, fill = k + 1, 0
-                continue
-            j = i + 1
-        lens = lengths[i:j]
-        idx[i:j, 0] = k
-        idx[i:j, 1] = fill + np.cumsum(lens) - lens
-        idx[i:j, 2] = lens
-        fill += int(lens.sum())
-        pos = int(ends[j - 1])
-        i = j
-        if fill >= shard_tokens:
-            k, fill = k + 1, 0
-    return idx
+        self.k, self.fill = k, fill
+        return idx
 
 
 class ShardWriter:

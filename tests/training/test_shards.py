@@ -87,3 +87,19 @@ def test_plan_shards_matches_the_writer(tmp_path, shard_tokens):
         w.add(np.zeros(int(part.sum()), np.uint16), part)
     np.testing.assert_array_equal(plan_shards(lens, shard_tokens), w.close())
     assert plan_shards(np.zeros(0, np.int64), 4).shape == (0, 3)
+
+
+@pytest.mark.parametrize("shard_tokens", [1, 5, 13, 40, 1 << 20])
+def test_planner_fed_in_pieces_plans_as_one_call(shard_tokens):
+    """The preprocessor plans unit by unit: any cut of the lengths gives the same index."""
+    from bandmate.training.shards import ShardPlanner, plan_shards
+
+    rng = np.random.default_rng(shard_tokens + 1)
+    lens = rng.integers(1, 30, 300)
+    whole = plan_shards(lens, shard_tokens)
+    cuts = sorted(set(rng.integers(0, 300, 12).tolist()) | {0, 300})
+    planner = ShardPlanner(shard_tokens)
+    parts = [planner.add(lens[a:b]) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+    parts.append(planner.add(lens[:0]))
+    np.testing.assert_array_equal(np.concatenate(parts), whole)
+    assert planner.shards == int(whole[:, 0].max()) + 1
