@@ -6,7 +6,9 @@ Measures, on FOLDER (default: the shared JS Fake Chorales):
 - our full un-augmented run (`prepare` with --transpose 0:0: walk, hash, parse, encode,
   window, merge, write shards) on one worker, then on all workers;
 - our pure per-file encode (`encode_file` in this process, no pool, no writing);
-- MidiTok 3.1 `MMM` (base tokenizer TSD, its default config) tokenizing every file, one core.
+- MidiTok 3.1 `MMM` (base tokenizer TSD, its default config) tokenizing every file, one core,
+  in a process of its own (it imports torch; our runs fork workers from this process, and a
+  200 MB parent would slow every fork, which the `bandmate prepare` command never pays).
 `tokens_per_s_per_core` counts the output of the default windows (4-bar windows every bar: each
 note is in up to 4 samples); `each_note_once_tokens_per_s_per_core` encodes non-overlapping
 windows (each note once, like MidiTok's one pass over a file) and gives the like-for-like
@@ -31,6 +33,7 @@ import os
 import platform
 import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -82,6 +85,31 @@ def _control(workers: int, seconds: float = 0.5) -> float:
     return many / one
 
 
+def _miditok_round(folder: str) -> int:
+    """One timed MidiTok pass over the folder (in a process of its own); prints
+    [wall seconds, CPU seconds, tokens]."""
+    from bandmate.training.prepare import list_sources
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from miditok import MMM, TokenizerConfig
+
+        tok = MMM(TokenizerConfig(base_tokenizer="TSD"))
+        paths = [Path(f.abspath) for f in list_sources([folder])]
+        tok.encode(paths[0])  # first-call set-up, as our runs are warmed too
+
+        def run() -> int:
+            n = 0
+            for p in paths:
+                with contextlib.suppress(Exception):  # MidiTok's failures do not count
+                    n += len(tok.encode(p).ids)
+            return n
+
+        wall, cpu, n = _once(run)
+    print(json.dumps([wall, cpu, n]))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("folder", nargs="?", default=str(DEFAULT))
@@ -90,8 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--workers", type=int, default=0, help="0 = every core")
     ap.add_argument("--skip-miditok", action="store_true")
+    ap.add_argument("--miditok-only", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    if a.miditok_only:
+        return _miditok_round(a.folder)
 
     from bandmate.training.prepare import (
         PrepareConfig,
@@ -142,21 +173,16 @@ def main(argv: list[str] | None = None) -> int:
     once = dataclasses.replace(cfg, hop=cfg.bars)
     miditok_all = None
     if not a.skip_miditok:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            from miditok import MMM, TokenizerConfig
-
-            tok = MMM(TokenizerConfig(base_tokenizer="TSD"))
-        paths = [Path(f.abspath) for f in files]
-
-        def miditok_all() -> int:
-            n = 0
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                for p in paths:
-                    with contextlib.suppress(Exception):  # MidiTok's failures do not count
-                        n += len(tok.encode(p).ids)
-            return n
+        # MidiTok runs in a process of its own: it imports torch (200 MB), and a parent that
+        # big makes every fork of our workers slower, which `bandmate prepare` never has.
+        def miditok_all() -> tuple[float, float, int]:
+            out = subprocess.run(
+                [sys.executable, __file__, folder, "--miditok-only"],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            return tuple(json.loads(out.stdout.strip().splitlines()[-1]))
 
     # Every measurement once per round, rounds repeated: a change in the machine's load hits
     # all of them alike; each figure is the best of its rounds.
@@ -173,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             runs["enc"].append(_once(lambda: encode_all(cfg)))
             runs["once"].append(_once(lambda: encode_all(once)))
             if miditok_all is not None:
-                runs["mt"].append(_once(miditok_all))
+                runs["mt"].append(miditok_all())
         assert (tmp / "w1" / "train-00000.bin").read_bytes() == (
             tmp / f"w{workers}" / "train-00000.bin"
         ).read_bytes()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from bandmate.training.shards import ShardWriter, index_path, open_split, shard_path
@@ -99,7 +101,7 @@ def test_planner_fed_in_pieces_plans_as_one_call(shard_tokens):
     whole = plan_shards(lens, shard_tokens)
     cuts = sorted(set(rng.integers(0, 300, 12).tolist()) | {0, 300})
     planner = ShardPlanner(shard_tokens)
-    parts = [planner.add(lens[a:b]) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+    parts = [planner.add(lens[a:b]) for a, b in itertools.pairwise(cuts)]
     parts.append(planner.add(lens[:0]))
     np.testing.assert_array_equal(np.concatenate(parts), whole)
     assert planner.shards == int(whole[:, 0].max()) + 1
