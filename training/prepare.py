@@ -4,7 +4,8 @@ How the guarantees are met (docs/prepare.md says more):
 
 - **Same output for any ``--workers``.** Files are listed in a fixed order and cut into chunks
   whose boundaries depend only on the file list. A worker encodes one chunk into one file under
-  ``OUT/.work/``; the final merge reads chunks in order, so which process did what never shows.
+  ``OUT/.work/``; the parent folds the chunks' summaries in listing order and plans every
+  sample's place, so which process did what, and when, never shows.
 - **A killed run resumes to the same bytes.** Every file is written under a temporary name and
   renamed into place, so a chunk file either exists whole or not at all. A restart with the same
   arguments (checked by a hash of the config and of the file listing) skips finished chunks.
@@ -18,7 +19,10 @@ How the guarantees are met (docs/prepare.md says more):
   then fills the slots.
 - **Speed.** All per-note work is numpy: the codec tokenises every bar of a segment at once
   (`segment_bars`), and a sample of a window is a gather of ranges of that array
-  (`encode_segment`), with transposition as one masked add per shift.
+  (`encode_segment`), with transposition as one masked add per shift. The parallel part is
+  kept free of the parent: own forked workers with a pipe each and a unit in hand (`_Workers`),
+  a codec warmed before the fork, the merge planned while units finish (`_Pass1`) and its
+  writes done by the workers.
 """
 
 from __future__ import annotations
