@@ -399,6 +399,29 @@ def test_torn_work_unit_is_redone(corpus, tmp_path, monkeypatch):
     assert read_tree(tmp_path / "o") == read_tree(tmp_path / "ref")
 
 
+def test_unreadable_state_starts_the_folder_over(corpus, tmp_path, monkeypatch, caplog):
+    """state.json is not fsynced: after a power loss it may be empty. That folder is
+    started over (with a warning), not refused and not trusted."""
+    from bandmate.training import prepare as P
+
+    src, _ = corpus
+    argv = (src, "-o", tmp_path / "o", "--chunk-files", 2, "--workers", 2)
+    assert run_cli(*argv[:2], tmp_path / "ref", *argv[3:]) == 0
+
+    def stop(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(P, "_merge", stop)
+    assert run_cli(*argv) == 130
+    monkeypatch.undo()
+    state = tmp_path / "o" / P.WORK / "state.json"
+    state.write_bytes(b"")
+    with caplog.at_level("WARNING", logger="bandmate.prepare"):
+        assert run_cli(*argv) == 0
+    assert "starting this folder over" in caplog.text
+    assert read_tree(tmp_path / "o") == read_tree(tmp_path / "ref")
+
+
 def _waltz(path: Path) -> None:
     import mido
 

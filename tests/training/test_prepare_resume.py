@@ -131,3 +131,80 @@ def test_kills_at_random_moments_still_end_in_the_same_bytes(corpus, tmp_path):
         pytest.fail("the run never finished")
     assert kills >= 1
     assert read_tree(out) == expected
+
+
+def _children(pid: int) -> set[int]:
+    """Live processes whose parent is `pid` (zombies left for their reaper count as gone)."""
+    out = set()
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.add(int(d.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for its reaper has finished)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def _wait_for_units(proc: subprocess.Popen, out: Path, n: int) -> None:
+    t_end = time.monotonic() + 120
+    while time.monotonic() < t_end and proc.poll() is None:
+        work = out / P.WORK
+        if work.exists() and len(list(work.glob("chunk-*.bin"))) >= n:
+            return
+        time.sleep(0.002)
+    pytest.fail("the run ended, or never started, before it could be interrupted")
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+def test_ctrl_c_stops_the_workers_and_the_run_resumes(corpus, tmp_path):
+    """Ctrl-C reaches the whole process group: the workers ignore it, the parent stops them,
+    exits with 130, and the same command then finishes with the uninterrupted bytes."""
+    ref = tmp_path / "ref"
+    assert main(_args(corpus, ref, 1)) == 0
+    out = tmp_path / "out"
+    proc = _start(corpus, out)
+    _wait_for_units(proc, out, 3)
+    workers = _children(proc.pid)
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole group
+    assert proc.wait(timeout=60) == 130
+    assert "interrupted" in proc.stderr.read().decode()
+    t_end = time.monotonic() + 10
+    while time.monotonic() < t_end and any(_alive(w) for w in workers):
+        time.sleep(0.01)
+    assert not any(_alive(w) for w in workers), "a worker outlived the run"
+    assert not (out / "manifest.json").exists()
+    assert main(_args(corpus, out, 2)) == 0
+    assert read_tree(out) == read_tree(ref)
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+def test_workers_exit_when_the_parent_is_killed_alone(corpus, tmp_path):
+    """SIGKILL to the parent only (not its group): each worker sees end of file on its pipe
+    and exits after its current unit, instead of living on as an orphan."""
+    out = tmp_path / "out"
+    proc = _start(corpus, out)
+    _wait_for_units(proc, out, 3)
+    workers = _children(proc.pid)
+    assert workers, "no worker processes found"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    t_end = time.monotonic() + 20
+    while time.monotonic() < t_end and any(_alive(w) for w in workers):
+        time.sleep(0.01)
+    left = [w for w in workers if _alive(w)]
+    for w in left:
+        os.kill(w, signal.SIGKILL)
+    assert not left, "workers outlived their parent"
