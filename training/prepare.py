@@ -494,18 +494,19 @@ def config_hash(cfg: PrepareConfig) -> str:
 def listing_hash(files: list[SourceFile], sizes: list[int] | None = None) -> str:
     """Hash of paths, sizes and mtimes (a resumed run must see the same files); fills
     `sizes` with each file's bytes, which the scheduler uses."""
-    h = hashlib.sha256()
+    lines = []
+    stat = os.stat
     for f in files:
         try:
-            st = os.stat(f.abspath)
-            h.update(f"{f.abspath}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            st = stat(f.abspath)
+            lines.append(f"{f.abspath}\0{st.st_size}\0{st.st_mtime_ns}\n")
             size = st.st_size
         except OSError:
-            h.update(f"{f.abspath}\0missing\n".encode())
+            lines.append(f"{f.abspath}\0missing\n")
             size = 0
         if sizes is not None:
             sizes.append(size)
-    return h.hexdigest()[:16]
+    return hashlib.sha256("".join(lines).encode()).hexdigest()[:16]
 
 
 class Listing:
@@ -1039,11 +1040,14 @@ class _Workers:
                 for i in sorted({key.data for key, _ in events}):
                     conn, sentinel = self.conns[i], self.procs[i].sentinel
                     gone = False
-                    try:
-                        while conn.poll():
+                    if conn in ready:
+                        # One message per wake: the selector is level-triggered, so a second
+                        # one waiting wakes the next select() at once (conn.poll() would
+                        # build a selector of its own per call).
+                        try:
                             take(i, conn.recv())
-                    except (EOFError, OSError):
-                        gone = True
+                        except (EOFError, OSError):
+                            gone = True
                     if not gone and sentinel in ready:
                         gone = True
                     if gone:
