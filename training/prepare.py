@@ -484,6 +484,35 @@ def auto_chunk_files(n_files: int) -> int:
     return int(min(256, max(8, n_files // 64)))
 
 
+def unit_bounds(n_files: int, chunk_files: int = 0) -> list[int]:
+    """Where each work unit starts in the file list (and, last, where the list ends).
+
+    `chunk_files` > 0: units of that many files. 0 (automatic): units of
+    `auto_chunk_files`, except at the end of the list, where units halve (two of each size
+    down to one file): the scheduler hands them out last, so the run does not end with one
+    worker busy on a whole unit while the others wait. A function of the file count only,
+    so a resumed run cuts the list the same way.
+    """
+    if n_files <= 0:
+        return [0]
+    if chunk_files > 0:
+        return [*range(0, n_files, chunk_files), n_files]
+    base = auto_chunk_files(n_files)
+    tail = []
+    size = base // 2
+    while size >= 1:
+        tail += [size, size]
+        size //= 2
+    while tail and sum(tail) > n_files // 4:  # the tail stays a small part of the list
+        tail.pop(0)
+    body = n_files - sum(tail)
+    sizes = [base] * (body // base) + ([body % base] if body % base else []) + tail
+    bounds = [0]
+    for k in sizes:
+        bounds.append(bounds[-1] + k)
+    return bounds
+
+
 def config_hash(cfg: PrepareConfig) -> str:
     d = cfg.to_json()
     d["sources"] = [str(Path(s).resolve()) for s in cfg.sources]
@@ -705,7 +734,7 @@ def _chunk_done(path: Path) -> bool:
 
 #: What every worker of a run needs, set once per worker by `_init_worker` (with fork it is
 #: inherited, not pickled), so a task is a chunk number.
-_JOB: tuple[PrepareConfig, list[SourceFile], int, Path] | None = None
+_JOB: tuple[PrepareConfig, list[SourceFile], list[int], Path] | None = None
 #: The parent's ends of the workers' pipes. A forked worker closes the copies it inherited,
 #: so that a worker sees end-of-file the moment the parent dies, whoever else still runs.
 _PARENT_ENDS: list = []
@@ -714,16 +743,16 @@ _PARENT_ENDS: list = []
 _PREFETCH = 2
 
 
-def _init_worker(cfg_json: dict, files: list[SourceFile], chunk: int, work: str) -> None:
+def _init_worker(cfg_json: dict, files: list[SourceFile], bounds: list[int], work: str) -> None:
     global _JOB
-    _JOB = (PrepareConfig.from_json(cfg_json), files, chunk, Path(work))
+    _JOB = (PrepareConfig.from_json(cfg_json), files, bounds, Path(work))
 
 
 def run_chunk(c: int) -> dict:
     """Encode work unit `c` into its chunk file (runs in a worker; module level for spawn)."""
     assert _JOB is not None, "the worker's job was not set"
-    cfg, files, chunk, work = _JOB
-    part = files[c * chunk : (c + 1) * chunk]
+    cfg, files, bounds, work = _JOB
+    part = files[bounds[c] : bounds[c + 1]]
     return write_chunk(_chunk_path(work, c), [process_file(f, cfg) for f in part])
 
 
@@ -1603,7 +1632,7 @@ def _run(
     out: Path,
     work: Path,
     listing: Listing,
-    chunk: int,
+    bounds: list[int],
     state: str,
     chash: str,
     procs: _Workers | None,
@@ -1611,7 +1640,7 @@ def _run(
 ) -> dict:
     """The work phase and the merge."""
     files = listing.files
-    n_chunks = -(-len(files) // chunk)
+    n_chunks = len(bounds) - 1
     fresh = state in ("fresh", "stale")
     units = []
     done_before = []
@@ -1629,7 +1658,7 @@ def _run(
         for c in range(n_chunks):
             cp = _chunk_path(work, c)
             if cp.exists() and _chunk_done(cp):
-                done_files += len(files[c * chunk : (c + 1) * chunk])
+                done_files += bounds[c + 1] - bounds[c]
                 done_before.append(c)
             else:
                 units.append(c)
@@ -1639,7 +1668,7 @@ def _run(
         waiting on one large unit; the output does not depend on the order units finish in.
         As a key for the queue, which hands out its last item first."""
         sizes = listing.sizes
-        unit_bytes = {c: sum(sizes[c * chunk : (c + 1) * chunk]) for c in units}
+        unit_bytes = {c: sum(sizes[bounds[c] : bounds[c + 1]]) for c in units}
         return lambda c: (unit_bytes[c], -c)
 
     if not fresh:  # the listing is hashed already (the resume check)
@@ -1696,7 +1725,7 @@ def _run(
         if not procs:
             meanwhile()
         for c in sorted(died):
-            part = files[c * chunk : (c + 1) * chunk]
+            part = files[bounds[c] : bounds[c + 1]]
             on_done(c, _isolate_chunk(c, part, cfg_json, work, _mp_context()))
     finally:
         if bar is not None:
@@ -1737,17 +1766,17 @@ def prepare(
     work = out / WORK
     work.mkdir(parents=True, exist_ok=True)
     lock = _lock(work)  # noqa: F841 (held until this function returns)
-    chunk = cfg.chunk_files or auto_chunk_files(len(files))
-    n_chunks = -(-len(files) // chunk)
+    bounds = unit_bounds(len(files), cfg.chunk_files)
+    n_chunks = len(bounds) - 1
     cfg_json = cfg.to_json()
     # The workers start as their first units are handed out; fork copies the warmed codec.
     n_proc = min(workers, n_chunks)
     if n_proc and _mp_context().get_start_method() == "fork":
         _warm_up(cfg)
-    procs = _Workers(n_proc, (cfg_json, files, chunk, str(work))) if n_proc else None
+    procs = _Workers(n_proc, (cfg_json, files, bounds, str(work))) if n_proc else None
     ok = False
     try:
-        manifest = _run(cfg, cfg_json, out, work, listing, chunk, state, chash, procs, progress)
+        manifest = _run(cfg, cfg_json, out, work, listing, bounds, state, chash, procs, progress)
         ok = True
         # A kill from here on finds the manifest: .work is needed no more. The workers
         # remove their share of it while the renames are made durable (a thread: it waits

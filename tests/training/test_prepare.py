@@ -7,6 +7,7 @@ checkout. The resume-after-kill test is in test_prepare_resume.py.
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from pathlib import Path
@@ -544,3 +545,16 @@ def test_absurd_lengths_are_skipped_not_allocated(tmp_path, monkeypatch):
     monkeypatch.setattr(P, "MAX_TRACK_BARS", 4000)
     with pytest.raises(P.MidiError, match="damaged"):
         encode_file(tmp_path / "late.mid", PrepareConfig(sources=("x",)))
+
+
+def test_unit_bounds_cover_the_list_and_end_in_small_units():
+    from bandmate.training.prepare import auto_chunk_files, unit_bounds
+
+    for n in (0, 1, 2, 7, 16, 100, 300, 1200, 5000, 100_000):
+        b = unit_bounds(n)
+        sizes = [b1 - b0 for b0, b1 in itertools.pairwise(b)]
+        assert b[0] == 0 and b[-1] == n and all(s > 0 for s in sizes)
+        assert max(sizes, default=0) <= auto_chunk_files(n)
+        if n >= 100:
+            assert sizes[-2:] == [1, 1]  # the last units handed out are single files
+    assert unit_bounds(10, 3) == [0, 3, 6, 9, 10]
