@@ -844,6 +844,8 @@ def _worker_main(conn, job: tuple) -> None:
             for path in msg[1] if len(msg) > 1 else ():  # the run's work files to remove
                 with contextlib.suppress(OSError):
                     os.unlink(path)
+            with contextlib.suppress(OSError):
+                conn.send(("bye",))  # removed; the parent need not wait for the exit itself
             return
         try:
             if kind == "encode":
@@ -1147,10 +1149,27 @@ class _Workers:
             self._send(i, ("exit", list(remove[j * share : (j + 1) * share])))
         return list(remove[len(live) * share :])
 
-    def close(self) -> None:
+    def wait_released(self) -> None:
+        """Wait until every released worker has done what it was told (its "bye", or its
+        end of file), not for its exit: tearing down a process takes a millisecond or two."""
+        for conn in self.conns:
+            if conn is None:
+                continue
+            with contextlib.suppress(EOFError, OSError):
+                while conn.recv()[0] != "bye":
+                    pass
+
+    def close(self, wait: bool = True) -> None:
+        """Release the workers and reap them: now, or (`wait=False`) in a background thread,
+        once they have exited."""
         self.release()
-        for i in range(self.n):
-            self._reap(i)
+        if wait:
+            for i in range(self.n):
+                self._reap(i)
+            return
+        threading.Thread(
+            target=lambda: [self._reap(i) for i in range(self.n)], daemon=True, name="reaper"
+        ).start()
 
     def kill(self) -> None:
         """Stop now (an error or Ctrl-C in the parent): what they write is never read."""
@@ -1787,9 +1806,11 @@ def prepare(
         for path in procs.release(chunks) if procs is not None else chunks:
             with contextlib.suppress(OSError):
                 os.unlink(path)
+        if procs is not None:
+            procs.wait_released()
     finally:
         if procs is not None:
-            procs.close() if ok else procs.kill()
+            procs.close(wait=False) if ok else procs.kill()
     shutil.rmtree(work, ignore_errors=True)
     syncing.join()
     if not manifest["samples"]["train"]:
