@@ -666,21 +666,49 @@ def write_chunk(path: Path, results: list[FileResult]) -> dict:
     }
 
 
-def _summary(
-    meta: list[dict], lengths: np.ndarray, slot_pos: np.ndarray, slot_count: np.ndarray
-) -> dict:
-    """What the merge's first pass needs of a work unit: its files' facts, its sample lengths
-    and the note counts of the DENSITY slots of un-augmented samples, each with its file."""
+def _slot_stats(
+    meta: list[dict], slot_pos: np.ndarray, slot_count: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The DENSITY slots of each file's un-augmented samples: (file of each, note count)."""
     tok = np.array([m["tokens"] for m in meta], np.int64)
     fstart = np.cumsum(tok) - tok
     orig_end = fstart + np.array([m["orig_tokens"] for m in meta], np.int64)
     fi = np.searchsorted(fstart, slot_pos, side="right") - 1
     orig = slot_pos < orig_end[fi] if len(slot_pos) else np.zeros(0, bool)
+    return fi[orig], slot_count[orig]
+
+
+def _kept_stats(
+    meta: list[dict], slot_pos: np.ndarray, slot_count: np.ndarray, keep: np.ndarray
+) -> tuple[dict[str, int], np.ndarray]:
+    """Label counts of the kept files, and the histogram of the note counts of the DENSITY
+    slots of their un-augmented training samples (where the density edges come from)."""
+    labels: dict[str, int] = {}
+    for m, k in zip(meta, keep.tolist(), strict=True):
+        if k:
+            for lab, n in m["labels"].items():
+                labels[lab] = labels.get(lab, 0) + n
+    fi, counts = _slot_stats(meta, slot_pos, slot_count)
+    train = np.array([m["split"] == "train" for m in meta], bool) & keep
+    return labels, np.bincount(counts[train[fi]]) if len(fi) else np.zeros(0, np.int64)
+
+
+def _summary(
+    meta: list[dict], lengths: np.ndarray, slot_pos: np.ndarray, slot_count: np.ndarray
+) -> dict:
+    """What the merge's first pass needs of a work unit, made compact by the worker: per
+    file (path, hash, reason), its split and sample count; the sample lengths; and the label
+    counts and note-count histogram of the unit as if every file is kept, which it is unless
+    one duplicates an earlier file (then the parent recounts from the chunk file)."""
+    keep = np.array([m["reason"] is None for m in meta], bool)
+    labels, hist = _kept_stats(meta, slot_pos, slot_count, keep)
     return {
-        "meta": meta,
+        "files": [(m["path"], m["hash"], m["reason"]) for m in meta],
+        "train": np.array([m["split"] == "train" for m in meta], bool),
+        "samples": np.array([m["samples"] for m in meta], np.int64),
         "lengths": lengths,
-        "slot_file": fi[orig].astype(np.int32),
-        "slot_count": slot_count[orig].astype(np.int32),
+        "labels": labels,
+        "hist": hist,
     }
 
 
@@ -1193,7 +1221,15 @@ class _Pass1:
     def __init__(self, cfg: PrepareConfig, work: Path, n_chunks: int, out: Path) -> None:
         self.work = work
         tag = f".tmp{os.getpid()}"
-        self.shard_file = {s: (lambda k, s=s: str(shard_path(out, s, k)) + tag) for s in SPLITS}
+        names: dict[tuple[str, int], str] = {}
+
+        def shard_file(split: str, k: int) -> str:
+            name = names.get((split, k))
+            if name is None:
+                name = names[split, k] = str(shard_path(out, split, k)) + tag
+            return name
+
+        self.shard_file = {s: functools.partial(shard_file, s) for s in SPLITS}
         self.planners = {s: ShardPlanner(cfg.shard_tokens) for s in SPLITS}
         self.rows: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
         self.tasks: list[tuple[str, list, int]] = []  # (chunk file, parts, tokens)
@@ -1231,24 +1267,33 @@ class _Pass1:
         return self.next == self.n_chunks
 
     def _fold(self, s: dict) -> None:
-        meta = s["meta"]
-        k = np.zeros(len(meta), bool)
-        for i, m in enumerate(meta):
-            h = m["hash"]
+        files = s["files"]
+        k = np.zeros(len(files), bool)
+        dropped = False
+        for i, (path, h, reason) in enumerate(files):
             if h is not None and h in self.seen:
-                self.dup_list.append({"path": m["path"], "same_as": self.seen[h]})
+                self.dup_list.append({"path": path, "same_as": self.seen[h]})
+                dropped = True
                 continue
             if h is not None:
-                self.seen[h] = m["path"]
-            if m["reason"] is not None:
-                self.skipped.append({"path": m["path"], "reason": m["reason"]})
+                self.seen[h] = path
+            if reason is not None:
+                self.skipped.append({"path": path, "reason": reason})
             else:
                 k[i] = True
-                for lab, n in m["labels"].items():
-                    self.labels[lab] = self.labels.get(lab, 0) + n
+        if dropped:  # the worker counted every file: recount without the duplicates
+            z = _load_chunk(_chunk_path(self.work, self.next), arrays=False)
+            labels, hist = _kept_stats(z["meta"], z["slot_pos"], z["slot_count"], k)
+        else:
+            labels, hist = s["labels"], s["hist"]
+        for lab, n in labels.items():
+            self.labels[lab] = self.labels.get(lab, 0) + n
+        if self.want_edges and len(hist):
+            if len(hist) > len(self.hist):
+                self.hist = np.pad(self.hist, (0, len(hist) - len(self.hist)))
+            self.hist[: len(hist)] += hist
         self.keep.append(k)
-        is_train = np.array([m["split"] == "train" for m in meta], bool)
-        n_samples = np.array([m["samples"] for m in meta], np.int64)
+        is_train, n_samples = s["train"], s["samples"]
         parts = []
         n_tok = 0
         for split in SPLITS:
@@ -1270,11 +1315,6 @@ class _Pass1:
             n_tok += ctok[-1]
         if parts:
             self.tasks.append((str(_chunk_path(self.work, self.next)), parts, n_tok))
-        if self.want_edges and len(s["slot_file"]):
-            hc = np.bincount(s["slot_count"][(is_train & k)[s["slot_file"]]])
-            if len(hc) > len(self.hist):
-                self.hist = np.pad(self.hist, (0, len(hc) - len(self.hist)))
-            self.hist[: len(hc)] += hc
 
 
 def _load_chunk(path: Path, arrays: bool = True) -> dict:
