@@ -376,12 +376,13 @@ def test_worker_crash_skips_only_that_file(corpus, tmp_path, monkeypatch):
     assert m["files_total"] == mr["files_total"]
 
 
-def test_torn_work_unit_is_redone(corpus, tmp_path, monkeypatch):
-    """A work unit cut short (say by a power loss) is detected on resume and redone."""
+def _interrupted_before_the_merge(corpus, tmp_path, monkeypatch, workers: int) -> tuple:
+    """A reference run into tmp/ref, and the same run into tmp/o stopped (as by Ctrl-C) once
+    every work unit is on disk, just before the merge. Returns the run's arguments."""
     from bandmate.training import prepare as P
 
     src, _ = corpus
-    argv = (src, "-o", tmp_path / "o", "--chunk-files", 2, "--workers", 1)
+    argv = (src, "-o", tmp_path / "o", "--chunk-files", 2, "--workers", workers)
     assert run_cli(*argv[:2], tmp_path / "ref", *argv[3:]) == 0
 
     def stop(*a, **k):
@@ -390,6 +391,14 @@ def test_torn_work_unit_is_redone(corpus, tmp_path, monkeypatch):
     monkeypatch.setattr(P, "_merge", stop)
     assert run_cli(*argv) == 130
     monkeypatch.undo()
+    return argv
+
+
+def test_torn_work_unit_is_redone(corpus, tmp_path, monkeypatch):
+    """A work unit cut short (say by a power loss) is detected on resume and redone."""
+    from bandmate.training import prepare as P
+
+    argv = _interrupted_before_the_merge(corpus, tmp_path, monkeypatch, workers=1)
     chunks = sorted((tmp_path / "o" / P.WORK).glob("chunk-*.bin"))
     assert len(chunks) > 3
     data = chunks[1].read_bytes()
@@ -405,16 +414,7 @@ def test_unreadable_state_starts_the_folder_over(corpus, tmp_path, monkeypatch, 
     started over (with a warning), not refused and not trusted."""
     from bandmate.training import prepare as P
 
-    src, _ = corpus
-    argv = (src, "-o", tmp_path / "o", "--chunk-files", 2, "--workers", 2)
-    assert run_cli(*argv[:2], tmp_path / "ref", *argv[3:]) == 0
-
-    def stop(*a, **k):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(P, "_merge", stop)
-    assert run_cli(*argv) == 130
-    monkeypatch.undo()
+    argv = _interrupted_before_the_merge(corpus, tmp_path, monkeypatch, workers=2)
     state = tmp_path / "o" / P.WORK / "state.json"
     state.write_bytes(b"")
     with caplog.at_level("WARNING", logger="bandmate.prepare"):
