@@ -1109,6 +1109,10 @@ class _Workers:
                             gone = True
                     if not gone and sentinel in ready:
                         gone = True
+                        # What it sent before it died still counts.
+                        with contextlib.suppress(EOFError, OSError):
+                            while conn.poll(0):
+                                take(i, conn.recv())
                     if gone:
                         sel.unregister(conn)
                         sel.unregister(sentinel)
