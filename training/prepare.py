@@ -36,12 +36,12 @@ import logging
 import multiprocessing as mp
 import os
 import shutil
+import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -77,6 +77,11 @@ WORK = ".work"
 #: Fault injection for the crash-isolation test: a worker whose file path contains this
 #: environment variable's value exits abruptly, as a crash in the C++ parser would.
 CRASH_ENV = "BANDMATE_PREPARE_TEST_CRASH"
+#: The same for a file that never finishes reading (a parser stuck in a loop).
+HANG_ENV = "BANDMATE_PREPARE_TEST_HANG"
+#: Seconds one file may take in a worker before it is given up (`--file-timeout`). A large
+#: real file reads in well under a second; only a damaged one that loops the parser gets here.
+DEFAULT_FILE_TIMEOUT = 120.0
 _NOTE_END = NOTE_OFF0 + 128  # NOTE_ON and NOTE_OFF ids are [NOTE_ON0, _NOTE_END)
 _CONSTS = np.array([PIECE_START, TRACK_START, TRACK_END, DENSITY0], np.int32)
 #: Tracks x bars of one 4/4 stretch above which a file is refused: the per-bar arrays would
@@ -576,11 +581,37 @@ def label_counts(tokens: np.ndarray, vocab: Vocab) -> dict[str, int]:
     return {vocab.labels[i]: int(c[i]) for i in np.flatnonzero(c)}
 
 
+#: Seconds a file may take in this process (set in workers only): see `_watchdog`.
+_FILE_TIMEOUT: float | None = None
+
+
+def _watchdog(seconds: float | None) -> None:
+    """Arm (or, with None/0, disarm) a timer that ends this process with SIGALRM.
+
+    Only in worker processes. A parser stuck in C++ never returns to Python, so no Python
+    exception could stop it; the signal's default action ends the process instead, and the
+    parent sees a worker killed by SIGALRM and skips the file with the reason.
+    """
+    if seconds is not None and hasattr(signal, "setitimer"):
+        signal.setitimer(signal.ITIMER_REAL, max(0.0, seconds))
+
+
 def process_file(f: SourceFile, cfg: PrepareConfig) -> FileResult:
     """Read, hash and encode one file; every failure becomes a skip reason, never a raise."""
+    _watchdog(_FILE_TIMEOUT)
+    try:
+        return _process_file(f, cfg)
+    finally:
+        _watchdog(0.0 if _FILE_TIMEOUT else None)
+
+
+def _process_file(f: SourceFile, cfg: PrepareConfig) -> FileResult:
     crash = os.environ.get(CRASH_ENV)
     if crash and crash in f.path:
         os._exit(70)
+    hang = os.environ.get(HANG_ENV)
+    if hang and hang in f.path:
+        time.sleep(3600)
     try:
         with open(f.abspath, "rb") as fh:
             data = fh.read()
@@ -771,9 +802,16 @@ _PARENT_ENDS: list = []
 _PREFETCH = 2
 
 
-def _init_worker(cfg_json: dict, files: list[SourceFile], bounds: list[int], work: str) -> None:
-    global _JOB
+def _init_worker(
+    cfg_json: dict,
+    files: list[SourceFile],
+    bounds: list[int],
+    work: str,
+    file_timeout: float | None = None,
+) -> None:
+    global _JOB, _FILE_TIMEOUT
     _JOB = (PrepareConfig.from_json(cfg_json), files, bounds, Path(work))
+    _FILE_TIMEOUT = file_timeout or None
 
 
 def run_chunk(c: int) -> dict:
@@ -784,9 +822,14 @@ def run_chunk(c: int) -> dict:
     return write_chunk(_chunk_path(work, c), [process_file(f, cfg) for f in part])
 
 
-def run_one_file(task: tuple[SourceFile, dict]) -> FileResult:
-    f, cfg_json = task
-    return process_file(f, PrepareConfig.from_json(cfg_json))
+def _one_file_main(conn, f: SourceFile, cfg_json: dict, file_timeout: float | None) -> None:
+    """A process of its own for one file of a unit whose worker died (module level: spawn)."""
+    global _FILE_TIMEOUT
+    if hasattr(signal, "SIGALRM"):
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    _FILE_TIMEOUT = file_timeout or None
+    conn.send(process_file(f, PrepareConfig.from_json(cfg_json)))
+    conn.close()
 
 
 #: A 16-bar 4/4 MIDI file (format 0, 4 ticks per quarter): two notes, bars 1 and 16.
@@ -855,6 +898,8 @@ def _worker_main(conn, job: tuple) -> None:
         end.close()
     # Ctrl-C reaches the whole process group: the parent alone handles it and stops us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "SIGALRM"):  # the file watchdog's: it must end the process
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
     if hasattr(os, "nice"):
         # One step below the parent: a worker woken with work must not take the CPU from
         # the parent while it is still handing out work to the others.
@@ -909,25 +954,40 @@ class Progress:
         self.skipped += d["skipped"]
 
 
-def _isolate_chunk(c: int, files: list[SourceFile], cfg_json: dict, work: Path, ctx) -> dict:
-    """Re-run a chunk whose worker died, one file per process, to find the culprit."""
+def _isolate_chunk(
+    c: int,
+    files: list[SourceFile],
+    cfg_json: dict,
+    work: Path,
+    ctx,
+    file_timeout: float | None = None,
+) -> dict:
+    """Re-run a unit whose worker died, one file per process, to find the culprit: a file
+    whose process dies is skipped, with the reason its exit status gives."""
     results = []
-    ex = ProcessPoolExecutor(max_workers=1, mp_context=ctx)
-    try:
-        for f in files:
-            try:
-                results.append(ex.submit(run_one_file, (f, cfg_json)).result())
-            except BrokenProcessPool:
-                log.warning("%s: the worker crashed on this file; skipped", f.path)
-                results.append(
-                    FileResult(
-                        f.path, None, "train", "the MIDI parser crashed on this file", _empty()
-                    )
+    for f in files:
+        here, there = ctx.Pipe(duplex=False)
+        p = ctx.Process(target=_one_file_main, args=(there, f, cfg_json, file_timeout))
+        p.daemon = True
+        p.start()
+        there.close()
+        try:
+            r = here.recv()
+        except (EOFError, OSError):
+            r = None
+        p.join()
+        here.close()
+        if r is None:
+            if hasattr(signal, "SIGALRM") and p.exitcode == -signal.SIGALRM:
+                reason = (
+                    f"reading it took more than {file_timeout:g} s (--file-timeout): the "
+                    "file is probably damaged"
                 )
-                ex.shutdown(wait=True)
-                ex = ProcessPoolExecutor(max_workers=1, mp_context=ctx)
-    finally:
-        ex.shutdown(wait=True)
+            else:
+                reason = "the MIDI parser crashed on this file"
+            log.warning("%s: %s; skipped", f.path, reason)
+            r = FileResult(f.path, None, "train", reason, _empty())
+        results.append(r)
     return write_chunk(_chunk_path(work, c), results)
 
 
@@ -1700,6 +1760,7 @@ def _run(
     chash: str,
     procs: _Workers | None,
     progress: bool | None,
+    file_timeout: float | None = None,
 ) -> dict:
     """The work phase and the merge."""
     files = listing.files
@@ -1789,7 +1850,7 @@ def _run(
             meanwhile()
         for c in sorted(died):
             part = files[bounds[c] : bounds[c + 1]]
-            on_done(c, _isolate_chunk(c, part, cfg_json, work, _mp_context()))
+            on_done(c, _isolate_chunk(c, part, cfg_json, work, _mp_context(), file_timeout))
     finally:
         if bar is not None:
             bar.close()
@@ -1809,12 +1870,20 @@ def prepare(
     out: str | Path,
     workers: int | None = None,
     progress: bool | None = None,
+    file_timeout: float | None = DEFAULT_FILE_TIMEOUT,
 ) -> dict:
-    """Run (or resume) a preparation; returns the manifest."""
+    """Run (or resume) a preparation; returns the manifest.
+
+    `file_timeout`: seconds a file may take in a worker before it is skipped as damaged
+    (None or 0: no limit; POSIX only). Like `workers` it is not part of the configuration:
+    only a file that hits it changes the output, by being skipped.
+    """
     out = Path(out)
     workers = workers or default_workers()
     if workers < 1:
         raise ValueError("workers must be >= 1")
+    if file_timeout is not None and file_timeout < 0:
+        raise ValueError("file_timeout must be >= 0 (0 = no limit)")
     t0 = time.perf_counter()
     files = select_shard(list_sources(cfg.sources), cfg.shard)
     listing = Listing(files)
@@ -1836,10 +1905,13 @@ def prepare(
     n_proc = min(workers, n_chunks)
     if n_proc and _mp_context().get_start_method() == "fork":
         _warm_up(cfg)
-    procs = _Workers(n_proc, (cfg_json, files, bounds, str(work))) if n_proc else None
+    job = (cfg_json, files, bounds, str(work), file_timeout)
+    procs = _Workers(n_proc, job) if n_proc else None
     ok = False
     try:
-        manifest = _run(cfg, cfg_json, out, work, listing, bounds, state, chash, procs, progress)
+        manifest = _run(
+            cfg, cfg_json, out, work, listing, bounds, state, chash, procs, progress, file_timeout
+        )
         ok = True
         # A kill from here on finds the manifest: .work is needed no more. The workers
         # remove their share of it while the renames are made durable (a thread: it waits

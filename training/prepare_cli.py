@@ -102,6 +102,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--chunk-files", type=int, default=0, help="files per work unit (0 = automatic)"
     )
     parser.add_argument(
+        "--file-timeout",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="skip a file that takes longer than this to read, as damaged: a real file takes "
+        "well under a second (0 = no limit; the unit it was in is re-run file by file, so a "
+        "stuck file costs twice this)",
+    )
+    parser.add_argument(
         "--progress",
         choices=("auto", "on", "off"),
         default="auto",
@@ -133,9 +142,18 @@ def run(args: argparse.Namespace) -> int:
     if args.workers < 0:
         print("bandmate prepare: --workers must be >= 0 (0 = every core)", file=sys.stderr)
         return 2
+    if args.file_timeout < 0:
+        print("bandmate prepare: --file-timeout must be >= 0 (0 = no limit)", file=sys.stderr)
+        return 2
     progress = {"auto": None, "on": True, "off": False}[args.progress]
     try:
-        prepare(cfg, args.out, workers=args.workers or None, progress=progress)
+        prepare(
+            cfg,
+            args.out,
+            workers=args.workers or None,
+            progress=progress,
+            file_timeout=args.file_timeout or None,
+        )
     except PrepareError as e:
         print(f"bandmate prepare: {e}", file=sys.stderr)
         return 2

@@ -20,6 +20,7 @@ from bandmate.models.types import DRUM_CHANNEL, Note, Piece, Track
 from bandmate.models.vocab import DENSITY0, PIECE_START, Vocab
 from bandmate.training.prepare import (
     CRASH_ENV,
+    HANG_ENV,
     PrepareConfig,
     density_edges_from_hist,
     encode_file,
@@ -374,6 +375,26 @@ def test_worker_crash_skips_only_that_file(corpus, tmp_path, monkeypatch):
     mr = json.loads((ref / "manifest.json").read_text())
     assert m["files_ok"] == mr["files_ok"] - 1
     assert m["files_total"] == mr["files_total"]
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "setitimer"), reason="POSIX timers")
+def test_a_file_that_never_finishes_is_skipped_after_the_timeout(corpus, tmp_path, monkeypatch):
+    """A parser stuck on a damaged file would stall the batch for ever: the file is given
+    up after --file-timeout, reported with that reason, and the rest is prepared."""
+    src, _ = corpus
+    monkeypatch.setenv(HANG_ENV, "r3.MID")
+    out = tmp_path / "hang"
+    argv = ("--workers", 2, "--chunk-files", 2)
+    assert run_cli(src, "-o", out, *argv, "--file-timeout", 0.5) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    skipped = {Path(s["path"]).name: s["reason"] for s in m["skipped"]}
+    assert "--file-timeout" in skipped["r3.MID"]
+    monkeypatch.delenv(HANG_ENV)
+    ref = tmp_path / "ref"
+    assert run_cli(src, "-o", ref, *argv) == 0
+    mr = json.loads((ref / "manifest.json").read_text())
+    assert m["files_ok"] == mr["files_ok"] - 1
+    assert run_cli(src, "-o", tmp_path / "bad", "--file-timeout", -1) == 2
 
 
 def _interrupted_before_the_merge(corpus, tmp_path, monkeypatch, workers: int) -> tuple:
