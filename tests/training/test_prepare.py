@@ -305,6 +305,11 @@ def test_workers_give_identical_bytes(corpus, tmp_path):
         outs.append(read_tree(out))
     assert outs[0] == outs[1] == outs[2]
     assert "train-00000.bin" in outs[0] and "manifest.json" in outs[0]
+    # Automatic units (ending in halving sizes) change nothing either.
+    out = tmp_path / "auto"
+    argv = (src, "-o", out, "--workers", 2, "--val-fraction", 0.3, "--density-bins", 3)
+    assert run_cli(*argv) == 0
+    assert read_tree(out) == outs[0]
 
 
 def test_text_format_matches_bin(prepared, corpus, tmp_path):
