@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 from bandmate.bridge.jackserver import JackServer
@@ -19,6 +20,14 @@ def jack_server():
     """
     srv = JackServer(f"bm-test-{os.getpid()}", period=256, rate=48000)
     srv.start()
+    # A server just started can xrun in its first cycles on a busy machine, and JACK drops
+    # the MIDI of such a cycle: let it settle (no xrun for half a second, 5 s at most) before
+    # the first test asserts exact steps against the clocks it sent.
+    quiet_since, seen, deadline = time.monotonic(), srv.xruns, time.monotonic() + 5.0
+    while time.monotonic() < deadline and time.monotonic() - quiet_since < 0.5:
+        time.sleep(0.05)
+        if srv.xruns != seen:
+            quiet_since, seen = time.monotonic(), srv.xruns
     try:
         yield srv
     finally:
