@@ -109,7 +109,10 @@ class Capture:
         if not st.running:
             self.ignored += 1
             return True
-        step = round(st.tick_at(t_ns) / TICKS_PER_STEP)
+        # Never before the last clock received: the fitted line can put that clock's time
+        # later than it came (after a burst of late clocks), but a message that came after
+        # clock k was sent after it.
+        step = round(max(st.tick_at(t_ns), st.tick) / TICKS_PER_STEP)
         key = (msg.channel, msg.note)
         with self._lock:
             if kind == "note_on" and msg.velocity > 0:

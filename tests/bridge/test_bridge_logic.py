@@ -161,6 +161,27 @@ def test_capture_quantises_and_labels_voices():
     assert cap.current_bars(8).bars == 3  # only 3 complete bars so far
 
 
+def test_capture_never_places_a_note_before_the_last_clock():
+    """After a burst of late clocks the fitted line can put the last clock's time later than
+    it came; a note that arrives after clock k still belongs at k or later."""
+    from bandmate.bridge.clock import ClockState
+
+    class LineAhead:  # the follower's state after such a burst: anchored on clock 23
+        def __init__(self) -> None:
+            self.st = ClockState(True, 160.0, 23.0, 10**12, 1)
+
+        def state(self) -> ClockState:
+            return self.st
+
+    clock = LineAhead()
+    cap = Capture(clock, CaptureConfig())
+    early = clock.st.t_ns - int(3 * ns_per_tick(160.0))  # the line says tick 20
+    cap.feed(mido.Message("note_on", note=60, velocity=90), early)
+    cap.feed(mido.Message("note_off", note=60), clock.st.t_ns + int(24 * ns_per_tick(160.0)))
+    piece = cap.bars(0, 1, now_step=16)
+    assert [n.start for t in piece.tracks for n in t.notes] == [4]  # tick 23 -> step 4, not 3
+
+
 def test_capture_gm_programs_drums_and_explicit_map():
     clock = _running_clock(at_bar=2.2)
     cap = Capture(clock, CaptureConfig(channel_labels={5: "BASS"}))
