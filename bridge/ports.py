@@ -335,24 +335,24 @@ class InputPort:
         except Exception:
             log.exception("MIDI input handler failed on %s", msg)
 
-    def abandon(self) -> None:
-        """Stop reading and forget the port without closing it (its server is gone)."""
+    def _detach(self):
+        """Stop the reader thread and take the rtmidi port out of this object."""
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(2.0)
         self._thread = None
         with self._lock:
             mi, self._in = self._in, None
+        return mi
+
+    def abandon(self) -> None:
+        """Stop reading and forget the port without closing it (its server is gone)."""
+        mi = self._detach()
         if mi is not None:
             _ABANDONED.append(mi)
 
     def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(2.0)
-        self._thread = None
-        with self._lock:
-            mi, self._in = self._in, None
+        mi = self._detach()
         if mi is not None:
             with contextlib.suppress(Exception):
                 mi.close_port()

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 from bandmate.models.session import SharedKV, fast_io_names
-from bandmate.training.export import ParityError
+from bandmate.training.export import ParityError, _log_softmax
 
 log = logging.getLogger(__name__)
 
@@ -300,11 +300,6 @@ def fast_parity_check(
         )
     log.info("decode graph parity ok: max |logit diff| %.2e", worst)
     return {"max_abs_logit_diff": worst, "tolerance": tolerance, "cases": report}
-
-
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x - x.max(-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(-1, keepdims=True))
 
 
 def fast_agreement(

@@ -552,15 +552,18 @@ class Listing:
         self._hash: str | None = None
         self._sizes: list[int] = []
 
-    @property
-    def hash(self) -> str:
+    def _stat(self) -> None:
         if self._hash is None:
             self._hash = listing_hash(self.files, self._sizes)
+
+    @property
+    def hash(self) -> str:
+        self._stat()
         return self._hash
 
     @property
     def sizes(self) -> list[int]:
-        self.hash  # noqa: B018 (fills the sizes)
+        self._stat()
         return self._sizes
 
 
@@ -581,28 +584,24 @@ def label_counts(tokens: np.ndarray, vocab: Vocab) -> dict[str, int]:
     return {vocab.labels[i]: int(c[i]) for i in np.flatnonzero(c)}
 
 
-#: Seconds a file may take in this process (set in workers only): see `_watchdog`.
+#: Seconds a file may take in this process (set in workers only): see `process_file`.
 _FILE_TIMEOUT: float | None = None
 
 
-def _watchdog(seconds: float | None) -> None:
-    """Arm (or, with None/0, disarm) a timer that ends this process with SIGALRM.
-
-    Only in worker processes. A parser stuck in C++ never returns to Python, so no Python
-    exception could stop it; the signal's default action ends the process instead, and the
-    parent sees a worker killed by SIGALRM and skips the file with the reason.
-    """
-    if seconds is not None and hasattr(signal, "setitimer"):
-        signal.setitimer(signal.ITIMER_REAL, max(0.0, seconds))
-
-
 def process_file(f: SourceFile, cfg: PrepareConfig) -> FileResult:
-    """Read, hash and encode one file; every failure becomes a skip reason, never a raise."""
-    _watchdog(_FILE_TIMEOUT)
+    """Read, hash and encode one file; every failure becomes a skip reason, never a raise.
+
+    In a worker with a file timeout, a timer ends the process with SIGALRM if the file takes
+    too long: a parser stuck in C++ never returns to Python, so no Python exception could
+    stop it; the parent sees the worker killed by SIGALRM and skips the file with the reason.
+    """
+    if _FILE_TIMEOUT is None or not hasattr(signal, "setitimer"):
+        return _process_file(f, cfg)
+    signal.setitimer(signal.ITIMER_REAL, _FILE_TIMEOUT)
     try:
         return _process_file(f, cfg)
     finally:
-        _watchdog(0.0 if _FILE_TIMEOUT else None)
+        signal.setitimer(signal.ITIMER_REAL, 0.0)
 
 
 def _process_file(f: SourceFile, cfg: PrepareConfig) -> FileResult:
@@ -1308,7 +1307,6 @@ class _Pass1:
         self.dup_list: list[dict] = []
         self.hist = np.zeros(1, np.int64)
         self.labels: dict[str, int] = {}
-        self.split_lens: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
 
     def offer(self, c: int, summary: dict | None) -> None:
         """Unit c is finished; None = read its summary from its chunk file when its turn comes."""
@@ -1363,7 +1361,6 @@ class _Pass1:
         for split in SPLITS:
             take = k & (is_train if split == "train" else ~is_train)
             lens = s["lengths"][np.repeat(take, n_samples)]
-            self.split_lens[split].append(lens)
             if not len(lens):
                 continue
             rows = self.planners[split].add(lens)
@@ -1620,7 +1617,7 @@ def _merge(
         p.unlink()
     assert p1.complete, "the merge needs every work unit"
     n_chunks = p1.n_chunks
-    keep, split_lens = p1.keep, p1.split_lens
+    keep = p1.keep
     if cfg.density_edges:
         edges = cfg.density_edges
     else:
@@ -1630,8 +1627,8 @@ def _merge(
 
     counts = {
         s: {
-            "samples": sum(len(x) for x in split_lens[s]),
-            "tokens": int(sum(int(x.sum()) for x in split_lens[s])),
+            "samples": sum(len(r) for r in p1.rows[s]),
+            "tokens": int(sum(int(r[:, 2].sum()) for r in p1.rows[s])),
         }
         for s in SPLITS
     }
