@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-from bandmate.models.vocab import PAD
+from bandmate.models.vocab import PAD, TRACK_END, TRACK_START
 
 IGNORE = -100
 
@@ -75,12 +75,56 @@ def pack(lengths: np.ndarray, order: np.ndarray, block: int) -> list[np.ndarray]
     return blocks
 
 
-def build_block(split: Split, samples: np.ndarray, block: int) -> np.ndarray:
-    """The int64 token row of one block: samples back to back, then [PAD] to ``block``."""
+def move_track_last(tokens: np.ndarray, k: int) -> np.ndarray:
+    """The sample with its k-th track moved to the end, the others keeping their order.
+
+    Why: "add a part" puts the new part after the prompt's tracks, so a model must have seen
+    every voice in the last place, not only the corpus's own last voice (the chorales' bass).
+    A sample without k+1 whole tracks comes back unchanged.
+    """
+    starts = np.flatnonzero(tokens == TRACK_START)
+    ends = np.flatnonzero(tokens == TRACK_END)
+    n = len(starts)
+    if k >= n - 1 or len(ends) < n or np.any(ends[:n] < starts):
+        return tokens
+    a, b = int(starts[k]), int(ends[k]) + 1
+    tail_end = int(ends[n - 1]) + 1
+    return np.concatenate([tokens[:a], tokens[b:tail_end], tokens[a:b], tokens[tail_end:]])
+
+
+def reorder_choice(seed: int, epoch: int, sample: int, p: float, n_tracks: int) -> int | None:
+    """Which track (if any) a sample moves to the end this epoch: a pure function, so a
+    resumed run and every rank see the same order."""
+    if p <= 0 or n_tracks < 2:
+        return None
+    rng = np.random.default_rng([seed, epoch, sample, 0x7EAC])
+    if rng.random() >= p:
+        return None
+    return int(rng.integers(0, n_tracks - 1))
+
+
+def build_block(
+    split: Split,
+    samples: np.ndarray,
+    block: int,
+    reorder: float = 0.0,
+    key: tuple[int, int] = (0, 0),
+) -> np.ndarray:
+    """The int64 token row of one block: samples back to back, then [PAD] to ``block``.
+
+    ``reorder`` is the probability that a sample's tracks are reordered (one track moved last,
+    see `move_track_last`), drawn from ``key`` = (seed, epoch) and the sample index; lengths
+    never change, so packing does not depend on it.
+    """
     row = np.full(block, PAD, np.int64)
     pos = 0
     for i in samples.tolist():
-        toks = np.asarray(split[i])[: block - pos]
+        toks = np.asarray(split[i])
+        if reorder > 0:
+            k = reorder_choice(key[0], key[1], i, reorder, int((toks == TRACK_START).sum()))
+            if k is not None:
+                toks = move_track_last(toks, k)
+        toks = toks[: block - pos]
         row[pos : pos + len(toks)] = toks
         pos += len(toks)
     return row
@@ -108,6 +152,7 @@ class PackedEpochs:
     rank: int = 0
     seed: int = 0
     shuffle: bool = True
+    reorder: float = 0.0  # probability a sample moves one track last (see `move_track_last`)
 
     def __post_init__(self) -> None:
         self.lengths = sample_lengths(self.split)
@@ -152,7 +197,12 @@ class PackedEpochs:
         for a in range(self.accum):
             base = start + a * self.micro * self.world
             mine = [blocks[base + self.rank + self.world * j] for j in range(self.micro)]
-            ids = np.stack([build_block(self.split, s, self.block) for s in mine])
+            ids = np.stack(
+                [
+                    build_block(self.split, s, self.block, self.reorder, (self.seed, epoch))
+                    for s in mine
+                ]
+            )
             out.append((ids, [s.tolist() for s in mine]))
         return out
 

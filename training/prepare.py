@@ -35,6 +35,7 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import re
 import shutil
 import signal
 import sys
@@ -82,6 +83,8 @@ HANG_ENV = "BANDMATE_PREPARE_TEST_HANG"
 #: Seconds one file may take in a worker before it is given up (`--file-timeout`). A large
 #: real file reads in well under a second; only a damaged one that loops the parser gets here.
 DEFAULT_FILE_TIMEOUT = 120.0
+#: The skip reason of a file left out by ``--exclude`` (a benchmark's held-out set).
+EXCLUDED_REASON = "excluded: its content digest is in the --exclude list (held out)"
 _NOTE_END = NOTE_OFF0 + 128  # NOTE_ON and NOTE_OFF ids are [NOTE_ON0, _NOTE_END)
 _CONSTS = np.array([PIECE_START, TRACK_START, TRACK_END, DENSITY0], np.int32)
 #: Tracks x bars of one 4/4 stretch above which a file is refused: the per-bar arrays would
@@ -114,6 +117,10 @@ class PrepareConfig:
     format: str = field(default="bin", metadata={"help": "bin (uint16 shards) or text"})
     chunk_files: int = field(default=0, metadata={"help": "files per work unit; 0 = auto"})
     shard_tokens: int = field(default=DEFAULT_SHARD_TOKENS, metadata={"help": "tokens/shard"})
+    exclude: tuple[str, ...] = field(
+        default=(),
+        metadata={"help": "content digests (blake2b-16 hex) of files to leave out entirely"},
+    )
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -122,6 +129,12 @@ class PrepareConfig:
         set_(self, "shard", tuple(int(x) for x in self.shard))
         set_(self, "voices", tuple(v.upper() for v in self.voices))
         set_(self, "density_edges", tuple(float(e) for e in self.density_edges))
+        set_(self, "exclude", tuple(sorted({str(d).lower() for d in self.exclude})))
+        bad = [d for d in self.exclude if not re.fullmatch(r"[0-9a-f]{32}", d)]
+        if bad:
+            raise ValueError(
+                f"exclude takes blake2b-16 content digests (32 hex digits), got {bad[0]!r}"
+            )
         if not self.sources:
             raise ValueError("give at least one MIDI file or folder")
         if self.bars not in BAR_CHOICES:
@@ -617,6 +630,9 @@ def _process_file(f: SourceFile, cfg: PrepareConfig) -> FileResult:
     except OSError as e:
         return FileResult(f.path, None, "train", f"cannot read the file: {e.strerror}", _empty())
     digest = hashlib.blake2b(data, digest_size=16).digest()
+    if cfg.exclude and digest.hex() in cfg.exclude:
+        # Held out by content, so a copy under another name is held out too.
+        return FileResult(f.path, digest.hex(), "train", EXCLUDED_REASON, _empty())
     split = content_split(digest, cfg.val_fraction)
     try:
         enc = encode_file(data, cfg, augment=split == "train")

@@ -45,6 +45,22 @@ def _floats(text: str) -> tuple[float, ...]:
         ) from None
 
 
+def read_digest_list(path: str) -> tuple[str, ...]:
+    """The digests of a held-out list: the first word of each line, comments and blanks skipped.
+
+    Content digests rather than paths, so a held-out file stays out under any name or folder.
+    """
+    out = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            word = line.split("#", 1)[0].split()
+            if word:
+                out.append(word[0])
+    if not out:
+        raise ValueError(f"{path}: no digests in the --exclude list")
+    return tuple(out)
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("sources", nargs="+", metavar="SRC", help="MIDI files or folders")
     parser.add_argument("-o", "--out", required=True, help="output folder (created)")
@@ -91,6 +107,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default="strict",
         help="strict: only bars in 4/4; assume-4/4: ignore time signatures",
     )
+    parser.add_argument(
+        "--exclude",
+        metavar="LIST",
+        default="",
+        help="leave out every file whose content is listed in LIST (one blake2b-16 hex digest "
+        "per line, first word; '#' starts a comment), e.g. a benchmark's held-out set "
+        "(bench/holdout/jsfakes.txt); the digests are recorded in the manifest",
+    )
     parser.add_argument("--workers", type=int, default=0, help="worker processes (0 = every core)")
     parser.add_argument(
         "--shard", type=_shard, default="0/1", metavar="I/N", help="take part I of N (0-based)"
@@ -135,8 +159,9 @@ def run(args: argparse.Namespace) -> int:
             shard=args.shard,
             format=args.format,
             chunk_files=args.chunk_files,
+            exclude=read_digest_list(args.exclude) if args.exclude else (),
         )
-    except ValueError as e:
+    except (ValueError, OSError) as e:
         print(f"bandmate prepare: {e}", file=sys.stderr)
         return 2
     if args.workers < 0:

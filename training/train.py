@@ -90,6 +90,13 @@ class TrainConfig:
     seed: int = field(default=0, metadata={"help": "data order, init and dropout seed"})
     peak_tflops: float = field(default=0.0, metadata={"help": "device peak for MFU (0 = table)"})
     time_limit_min: float = field(default=0.0, metadata={"help": "save and stop after (0=off)"})
+    reorder: float = field(
+        default=0.0,
+        metadata={
+            "help": "probability that a training sample has one of its tracks moved last "
+            "(teaches adding any part, not only the corpus's last one; 0 = corpus order)"
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -108,6 +115,8 @@ class TrainConfig:
             raise ValueError(f"n_embd {self.n_embd} must be a multiple of n_head {self.n_head}")
         if self.grad_accum < 1 or self.max_steps < 0 or self.epochs <= 0:
             raise ValueError("grad_accum >= 1, max_steps >= 0 and epochs > 0 are required")
+        if not 0 <= self.reorder <= 1:
+            raise ValueError(f"reorder is a probability in [0, 1], got {self.reorder}")
         if not 0 <= self.dropout < 1 or not 0 <= self.min_lr_ratio <= 1 or self.lr <= 0:
             raise ValueError("dropout in [0, 1), min_lr_ratio in [0, 1] and lr > 0 required")
         for k in ("eval_every", "log_every", "save_every", "eval_batches", "keep_checkpoints"):
@@ -136,14 +145,36 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     return lo + 0.5 * (cfg.lr - lo) * (1 + math.cos(math.pi * frac))
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 matrix products natively (AVX512-BF16 or AMX).
+
+    There, bf16 autocast is 2-3x faster than fp32 for these models (bench/train_cpu.py); on a
+    CPU without it PyTorch emulates bf16 and fp32 is faster.
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
 def resolve_precision(
-    requested: str, device: torch.device, capability: tuple[int, int] | None = None
+    requested: str,
+    device: torch.device,
+    capability: tuple[int, int] | None = None,
+    cpu_bf16: bool | None = None,
 ) -> str:
     """bf16 where the GPU has it (compute capability 8.0+: A100, H100), fp16 with loss scaling
-    where it does not (V100: a DGX-2), fp32 on a CPU.
+    where it does not (V100: a DGX-2); on a CPU bf16 where it is native (AVX512-BF16, AMX),
+    else fp32.
 
     Decided by compute capability, not ``torch.cuda.is_bf16_supported()``, which also says yes
-    on a V100 (where bf16 is only emulated, and slow).
+    on a V100 (where bf16 is only emulated, and slow). bf16 on the CPU was checked against fp32
+    for loss parity (bench/train_cpu.py --parity-steps; docs/training.md).
     """
     if device.type == "cuda" and capability is None:
         capability = torch.cuda.get_device_capability(device)
@@ -159,7 +190,9 @@ def resolve_precision(
         return requested
     if device.type == "cuda":
         return "bf16" if has_bf16 else "fp16"
-    return "fp32"
+    if cpu_bf16 is None:
+        cpu_bf16 = cpu_has_bf16()
+    return "bf16" if cpu_bf16 else "fp32"
 
 
 def build_model(cfg: TrainConfig, vocab_size: int) -> torch.nn.Module:
@@ -352,6 +385,7 @@ def train(
         dist.world,
         dist.rank,
         cfg.seed,
+        reorder=cfg.reorder,
     )
     val_packed = D.PackedEpochs(
         val_split,
@@ -545,6 +579,7 @@ def train(
             window["steps"] += 1
             window["loss"] = window["loss"] + step_loss
             window["n"] += n_local
+            window["real"] = window.get("real", 0) + int(n_global)
             if pbar:
                 pbar.update(1)
 
@@ -561,6 +596,7 @@ def train(
                             "(or use bf16/fp32 if fp16 overflows)"
                         )
                     tps = window["tokens"] / dt
+                    real_tps = window.get("real", 0) / dt
                     rec = {
                         "event": "train",
                         "step": state["step"],
@@ -569,6 +605,9 @@ def train(
                         "lr": lr,
                         "grad_norm": float(gnorm),
                         "tokens_per_s": tps,
+                        "real_tokens_per_s": real_tps,
+                        "tokens_seen": state["tokens_seen"],
+                        "real_tokens_seen": state["real_tokens_seen"],
                         "model_tflops": tps * fpt / 1e12,
                         "megatron_eq3_tflops": tps * fpt_eq3 / 1e12,
                         "mfu": (tps * fpt / 1e12 / (peak * dist.world)) if peak else None,
@@ -580,7 +619,9 @@ def train(
                         _log_line(run, writer, rec)
                         if pbar:
                             pbar.set_postfix(loss=f"{rec['loss']:.3f}", tok_s=f"{tps:,.0f}")
-                    window.update(t=time.perf_counter(), tokens=0, steps=0, loss=0.0, n=0.0)
+                    window.update(
+                        t=time.perf_counter(), tokens=0, steps=0, loss=0.0, n=0.0, real=0
+                    )
             done = state["step"] == total
             if state["step"] % cfg.eval_every == 0 or done:
                 t_eval = time.perf_counter()

@@ -589,3 +589,31 @@ def test_unit_bounds_cover_the_list_and_end_in_small_units():
         if n >= 100:
             assert sizes[-2:] == [1, 1]  # the last units handed out are single files
     assert unit_bounds(10, 3) == [0, 3, 6, 9, 10]
+
+
+def test_exclude_leaves_out_files_by_content_under_any_name(tmp_path, capsys):
+    import hashlib
+    import shutil
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for p in CHORALES:
+        shutil.copy(p, src / p.name)
+    shutil.copy(CHORALES[0], src / "renamed_copy.mid")  # the held-out file under another name
+    digest = hashlib.blake2b(CHORALES[0].read_bytes(), digest_size=16).hexdigest()
+    listing = tmp_path / "holdout.txt"
+    listing.write_text(f"# held out\n{digest}  midi/0.mid\n\n")
+    out = tmp_path / "out"
+    argv = ["prepare", str(src), "-o", str(out), "--voices", VOICES, "--transpose=0:0"]
+    assert main([*argv, "--exclude", str(listing), "--progress", "off"]) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["config"]["exclude"] == [digest]
+    excluded = sorted(Path(s["path"]).name for s in m["skipped"] if "exclude" in s["reason"])
+    # One of the two copies is excluded, the other is its duplicate: neither is encoded.
+    assert m["files_ok"] == 1 and excluded and "jsfakes-1.mid" not in excluded
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing\n")
+    assert main([*argv, "--exclude", str(empty)]) == 2
+    assert "no digests" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="32 hex"):
+        PrepareConfig(sources=("x",), exclude=("not-a-digest",))

@@ -44,6 +44,47 @@ def test_pack_never_splits_and_covers_every_sample():
         assert sum(min(lengths[i], 10) for i in prev) + min(lengths[nxt[0]], 10) > 10
 
 
+def test_move_track_last_keeps_every_token_and_the_other_tracks_order():
+    from bandmate.models.vocab import TRACK_END, TRACK_START
+
+    def track(label: int, n: int) -> list[int]:
+        return [TRACK_START, label, *([label + 100] * n), TRACK_END]
+
+    toks = np.array([PIECE_START, *track(10, 2), *track(11, 3), *track(12, 1), *track(13, 4)])
+    for k, want in ((0, [11, 12, 13, 10]), (1, [10, 12, 13, 11]), (2, [10, 11, 13, 12])):
+        out = D.move_track_last(toks, k)
+        assert sorted(out.tolist()) == sorted(toks.tolist()) and out[0] == PIECE_START
+        labels = out[np.flatnonzero(out == TRACK_START) + 1].tolist()
+        assert labels == want
+        # Each track's body moves whole.
+        body = out[np.flatnonzero(out == TRACK_START)[-1] :].tolist()
+        assert body == track(want[-1], {10: 2, 11: 3, 12: 1, 13: 4}[want[-1]])
+    np.testing.assert_array_equal(D.move_track_last(toks, 3), toks)  # already last
+    np.testing.assert_array_equal(D.move_track_last(toks[:5], 0), toks[:5])  # one track
+
+
+def test_reorder_is_deterministic_and_keeps_lengths(data_dir):
+    split = D.open_data(data_dir, "train")
+    plain = D.PackedEpochs(split, block=1024, micro=4, accum=1, seed=2)
+    mixed = D.PackedEpochs(split, block=1024, micro=4, accum=1, seed=2, reorder=1.0)
+    again = D.PackedEpochs(split, block=1024, micro=4, accum=1, seed=2, reorder=1.0)
+    moved = 0
+    for k in range(3):
+        (a, sa), = plain.step_batches(0, k)
+        (b, sb), = mixed.step_batches(0, k)
+        (c, _), = again.step_batches(0, k)
+        assert sa == sb  # packing does not depend on the reordering
+        np.testing.assert_array_equal(b, c)
+        np.testing.assert_array_equal(np.sort(a, axis=1), np.sort(b, axis=1))
+        moved += int((a != b).any())
+    assert moved  # p = 1 moves a track in every sample of more than one track
+    assert D.reorder_choice(0, 0, 5, 0.0, 4) is None
+    picks = {D.reorder_choice(0, e, 5, 1.0, 4) for e in range(40)}
+    assert picks == {0, 1, 2}  # never the last track itself
+    with pytest.raises(ValueError, match="reorder"):
+        TrainConfig(reorder=1.5)
+
+
 def test_blocks_start_with_piece_start_and_pad_is_never_a_label(data_dir):
     split = D.open_data(data_dir, "train")
     p = D.PackedEpochs(split, block=128, micro=4, accum=2, seed=1)
@@ -102,7 +143,10 @@ def test_config_validation_and_json_roundtrip():
 
 
 def test_precision_by_device():
-    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu, cpu_bf16=False) == "fp32"
+    assert resolve_precision("auto", cpu, cpu_bf16=True) == "bf16"  # AVX512-BF16 / AMX
+    assert resolve_precision("fp32", cpu, cpu_bf16=True) == "fp32"
     gpu = torch.device("cuda", 0)  # a device object only: no GPU is touched
     assert resolve_precision("auto", gpu, capability=(9, 0)) == "bf16"  # H100
     assert resolve_precision("auto", gpu, capability=(8, 0)) == "bf16"  # A100
