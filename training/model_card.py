@@ -37,6 +37,73 @@ def _warmup(cfg: dict, summary: dict) -> int:
     return min(w, max(total // 10, 1)) if total else w
 
 
+def render_quality(q: dict, curve: list[dict] | None = None) -> list[str]:
+    """The bench/quality.py figures (its JSON) as the card's "Music" section."""
+    h = q["headline"]
+    st = q.get("settings", {})
+    lines = [
+        "## Music (bench/quality.py)",
+        "",
+        f"On {q['chorales']} JS Fake Chorales held out from training (bench/holdout/jsfakes.txt, "
+        f"left out by content with `bandmate prepare --exclude`; verified: "
+        f"{'yes' if q.get('holdout_verified') else 'NO'}), sampling at temperature "
+        f"{st.get('temperature')}, top-p {st.get('top_p')}, seed {q.get('seed')}. "
+        "Each figure: the model / the chorale's own part / random pitches on the real rhythm.",
+        "",
+        "| add voice | consonance | parallel 5ths/8ves per move | voice crossing | in range |",
+        "|---|---|---|---|---:|",
+    ]
+    for v in ("BASS", "TENOR", "ALTO", "SOPRANO"):
+        if v in h:
+            f = h[v]
+            lines.append(
+                f"| {v} | {' / '.join(_f(x, 3) for x in f['consonance'])} | "
+                f"{' / '.join(_f(x, 3) for x in f['parallel'])} | "
+                f"{' / '.join(_f(x, 3) for x in f['crossing'])} | {_f(f['in_range'], 3)} |"
+            )
+    c = h.get("continue", {})
+    if c:
+        lines += [
+            "",
+            f"Continue 4 bars from 4: notes in the prompt's key {_f(c['in_key'][0], 3)} (the "
+            f"chorales' own next bars {_f(c['in_key'][1], 3)}); notes copying the prompt "
+            f"{_f(c['copying'][0], 3)} (own {_f(c['copying'][1], 3)}).",
+        ]
+    g = q.get("context_gain", {})
+    if g:
+        lines += [
+            "",
+            "Context gain (mean NLL of a voice's NOTE_ON tokens, own chorale's other voices vs "
+            "another chorale's): "
+            + "; ".join(
+                f"{v} {_f(x['nll_own_context'], 2)} vs {_f(x['nll_other_context'], 2)}"
+                for v, x in g.items()
+            )
+            + ".",
+        ]
+    lines += [
+        "",
+        f"Success {q.get('success_rate')}, repairs {q.get('repairs')}; goals of the "
+        f"musical-quality issue met: {h.get('goals_met')}.",
+        "",
+    ]
+    if curve:
+        lines += [
+            "Quality against tokens seen (same benchmark, checkpoints of this run):",
+            "",
+            "| step | real tokens seen | bass consonance | mean upper-voice consonance | "
+            "val loss |",
+            "|---:|---:|---:|---:|---:|",
+        ]
+        for r in curve:
+            lines.append(
+                f"| {r['step']} | {r['real_tokens_seen']:,} | {_f(r['bass'], 3)} | "
+                f"{_f(r['upper'], 3)} | {_f(r.get('val_loss'), 4)} |"
+            )
+        lines.append("")
+    return lines
+
+
 def render(
     meta: dict,
     summary: dict,
@@ -46,6 +113,8 @@ def render(
     command: str,
     attribution: str,
     notes: list[str] | None = None,
+    quality: dict | None = None,
+    curve: list[dict] | None = None,
 ) -> str:
     """The card's Markdown text; ``notes`` are extra result or history lines, as given."""
     m, tr, ex = meta["model"], meta.get("training", {}), meta.get("export", {})
@@ -80,7 +149,13 @@ def render(
         f"validation: {counts.get('val', {}).get('samples', tr.get('val_samples'))} samples, "
         f"{counts.get('val', {}).get('tokens')} tokens, from held-out files, not transposed.",
         f"- Files: {manifest.get('files_ok', 'n/a')} of {manifest.get('files_total', 'n/a')} "
-        f"used, {manifest.get('files_skipped', 'n/a')} skipped.",
+        f"used, {manifest.get('files_skipped', 'n/a')} skipped"
+        + (
+            f" ({len(manifest['config']['exclude'])} of them held out by content for "
+            "bench/quality.py: `--exclude bench/holdout/jsfakes.txt`)."
+            if manifest.get("config", {}).get("exclude")
+            else "."
+        ),
         "",
         "## Model",
         "",
@@ -127,10 +202,10 @@ def render(
             f"fp32 ONNX vs PyTorch: max |logit difference| "
             f"{ex['parity']['max_abs_logit_diff']:.1e} (with and without past).",
         ]
+    lines += ["", *[f"{n}" for n in (notes or [])], ""]
+    if quality:
+        lines += render_quality(quality, curve)
     lines += [
-        "",
-        *[f"{n}" for n in (notes or [])],
-        "",
         "## Reproduce",
         "",
         "```",
@@ -154,6 +229,8 @@ def write_model_card(
     command: str,
     attribution: str = JSF_ATTRIBUTION,
     notes: list[str] | None = None,
+    quality: dict | None = None,
+    curve: list[dict] | None = None,
 ) -> Path:
     model_dir, run = Path(model_dir), Path(run)
     meta = json.loads((model_dir / "bandmate.json").read_text())
@@ -168,7 +245,7 @@ def write_model_card(
         for p in model_dir.iterdir()
         if p.suffix in (".onnx", ".json") and p.is_file()
     }
-    text = render(meta, summary, cfg, manifest, sizes, command, attribution, notes)
+    text = render(meta, summary, cfg, manifest, sizes, command, attribution, notes, quality, curve)
     out = model_dir / "MODEL_CARD.md"
     out.write_text(text)
     return out
@@ -183,8 +260,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", required=True, help="the training run the model came from")
     p.add_argument("--command", required=True, help="the commands that reproduce the model")
     p.add_argument("--note", action="append", default=[], help="an extra paragraph (repeatable)")
+    p.add_argument("--quality", help="bench/quality.py's JSON line (a file) for the Music section")
+    p.add_argument("--curve", help="a JSON list of {step, real_tokens_seen, bass, upper, val_loss}")
     args = p.parse_args(argv)
-    print(write_model_card(args.model_dir, args.run, args.command, notes=args.note))
+    quality = json.loads(Path(args.quality).read_text()) if args.quality else None
+    curve = json.loads(Path(args.curve).read_text()) if args.curve else None
+    print(
+        write_model_card(
+            args.model_dir, args.run, args.command, notes=args.note, quality=quality, curve=curve
+        )
+    )
     return 0
 
 
