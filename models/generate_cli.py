@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from bandmate.models.midi_merge import bar_ranges, open_source, summarise
+    from bandmate.models.midi_merge import bar_ranges, open_source
     from bandmate.models.model_checks import (
         check_can_infill,
         read_model_meta,

@@ -81,7 +81,7 @@ class Source:
     # -------------------------------------------------------------- the grid
     def tick(self, step: int) -> int:
         """File tick of a step counted from the start of the file (16ths of a quarter note)."""
-        return int(round(step * self.tpq / 4))
+        return round(step * self.tpq / 4)
 
     def section_piece(self, k: int) -> tuple[Piece, list[int]]:
         """Section ``k`` as a `Piece` (steps from its start) and the `Part` of each track."""
@@ -233,7 +233,7 @@ def _bar_line_at_or_after(src: Source, tick: int) -> int:
     at = src.meters[i][0]
     length = src._bar_len(i)
     n = -(-(tick - at) // length)
-    return int(round(at + n * length))
+    return round(at + n * length)
 
 
 # ------------------------------------------------------------------ new notes
