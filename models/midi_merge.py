@@ -77,6 +77,7 @@ class Source:
     meters: tuple[tuple[int, int, int], ...]  # (tick, numerator, denominator), first at 0
     end_tick: int  # the bar line at or after the last note's end
     assume_44: bool
+    tempos: tuple[tuple[int, float], ...] = ((0, 120.0),)  # (tick, BPM), first at 0
 
     # -------------------------------------------------------------- the grid
     def tick(self, step: int) -> int:
@@ -84,9 +85,26 @@ class Source:
         return round(step * self.tpq / 4)
 
     def section_piece(self, k: int) -> tuple[Piece, list[int]]:
-        """Section ``k`` as a `Piece` (steps from its start) and the `Part` of each track."""
+        """Section ``k`` as a `Piece` (steps from its start, at the tempo in force there) and
+        the `Part` of each of its tracks."""
         seg = self.sections[k]
-        return arrays_to_piece(seg), [j for j, t in enumerate(seg.tracks) if len(t.start)]
+        piece = arrays_to_piece(seg)
+        tempo = min(max(self.tempo_at(self.tick(seg.start_step)), 1.0), 1000.0)
+        parts = [j for j, t in enumerate(seg.tracks) if len(t.start)]
+        return replace(piece, tempo=tempo), parts
+
+    def tempo_at(self, tick: int) -> float:
+        """The tempo (BPM) in force at a tick."""
+        return [bpm for at, bpm in self.tempos if at <= tick][-1]
+
+    def partial_note(self, k: int) -> str:
+        """"" when section ``k`` is the whole file, else which bars were read and why."""
+        alone = self.outside([k])
+        if not alone and len(self.sections) == 1:
+            return ""
+        a, b = self.section_bars(k)
+        return (f"bars {a}-{b} of {self.total_bars} loaded (4/4 only); "
+                "the rest is kept when saving")  # fmt: skip
 
     def section_ticks(self, k: int) -> tuple[int, int]:
         seg = self.sections[k]
@@ -187,6 +205,7 @@ def open_source(data: bytes, config: CodecConfig | None = None, name: str = "") 
     # Every note-on of the file by (MIDI track, channel), to find each symusic track's home.
     by_key: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
     meters: dict[int, tuple[int, int]] = {}
+    tempos: dict[int, float] = {}
     for ti, tr in enumerate(mid.tracks):
         now = 0
         for msg in tr:
@@ -195,6 +214,8 @@ def open_source(data: bytes, config: CodecConfig | None = None, name: str = "") 
                 by_key.setdefault((ti, msg.channel), []).append((now, msg.note, msg.velocity))
             elif msg.type == "time_signature":
                 meters[now] = (msg.numerator, msg.denominator)
+            elif msg.type == "set_tempo":
+                tempos[now] = 60_000_000 / msg.tempo
     sets = {k: {(t, p) for t, p, _ in v} for k, v in by_key.items()}
     parts = []
     for tr in tracks_in:
@@ -218,8 +239,9 @@ def open_source(data: bytes, config: CodecConfig | None = None, name: str = "") 
         meters[0] = (4, 4)
     meter_list = ((0, 4, 4),) if assume else tuple((t, *meters[t]) for t in sorted(meters))
     tpq = int(mid.ticks_per_beat)
+    tempos.setdefault(0, 120.0)
     src = Source(data, name, tpq, int(mid.type), tuple(parts), tuple(sections), meter_list, 0,
-                 assume)  # fmt: skip
+                 assume, tuple(sorted(tempos.items())))  # fmt: skip
     last = 0
     for tr in tracks_in:
         a = tr.notes.numpy()
@@ -315,6 +337,22 @@ def new_notes_of(prompt: Piece, result: Piece, kind: str) -> dict[int, list[Note
             for i, t in enumerate(result.tracks[: len(prompt.tracks)])
         }
     return {i: list(t.notes) for i, t in enumerate(result.tracks) if i >= len(prompt.tracks)}
+
+
+def take_parts(
+    src: Source, k: int, prompt: Piece, result: Piece, kind: str
+) -> tuple[list[NewPart], int]:
+    """What a finished take of section ``k`` adds to the file, and the tick a drag clip of it
+    starts at (the new bars' first tick, or the section's for a new track)."""
+    new = new_notes_of(prompt, result, kind)
+    if kind == "continue":
+        return continuation(src, k, new, prompt.steps)
+    parts = []
+    for i, ns in new.items():
+        t = result.tracks[i]
+        name = f"{t.name or t.inst.title()} (bandmate)"
+        parts.append(added_track(src, {k: ns}, name, t.program, t.inst == "DRUMS"))
+    return parts, src.section_ticks(k)[0]
 
 
 # ------------------------------------------------------------------ writing

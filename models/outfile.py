@@ -35,18 +35,18 @@ def check_output(out: Path, inputs: Sequence[Path] = ()) -> None:
     for src in inputs:
         if Path(os.path.abspath(src)) == Path(os.path.abspath(out)) or _same_file(out, Path(src)):
             raise OutputError(
-                f"{out} is the input file: bandmate never writes over your file; "
-                "pick another -o, e.g. " + str(out.with_name(out.stem + "-bandmate.mid"))
+                f"{out} is the input file: bandmate never writes over your file; choose "
+                "another output file, e.g. " + str(out.with_name(out.stem + "-bandmate.mid"))
             )
     if out.is_dir():
         raise OutputError(f"{out} is a folder: give a file name, e.g. {out / 'out.mid'}")
     folder = out.parent if str(out.parent) else Path(".")
     if not folder.is_dir():
-        raise OutputError(f"folder {folder} does not exist: create it or pick another -o")
+        raise OutputError(f"folder {folder} does not exist: create it or choose another")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OutputError(f"cannot write in {folder} (permission denied): pick another folder")
     if out.exists() and not out.is_file():
-        raise OutputError(f"{out} is not a regular file: pick another -o")
+        raise OutputError(f"{out} is not a regular file: choose another output file")
 
 
 def write_atomic(path: Path, data: bytes) -> None:
