@@ -123,3 +123,21 @@ def test_long_lists_are_summarised():
     text = summarise(words)
     assert len(text) < 120 and text.endswith("... and 194 more")
     assert bar_ranges([(1, 8), (17, 17)]) == "1-8, 17"
+
+
+def test_unseen_label_names_a_shipped_model_that_has_it(tmp_path, monkeypatch):
+    import json
+
+    from bandmate.models import model_checks, session
+
+    for name, labels in (("default", ["SOPRANO", "BASS"]), ("band", ["33", "DRUMS"])):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "bandmate.json").write_text(
+            json.dumps({"name": f"m-{name}", "labels_seen": labels, "fills": False})
+        )
+    monkeypatch.setattr(session, "default_model_dir", lambda: tmp_path / "default")
+    text = model_checks.unseen_label_message("m-default", "DRUMS", ["SOPRANO", "BASS"])
+    assert "never trained on DRUMS" in text and "SOPRANO, BASS" in text and "m-band" in text
+    assert model_checks.read_model_meta(None)["name"] == "m-default"
+    with pytest.raises(ValueError, match="without fills"):
+        model_checks.check_can_infill(model_checks.read_model_meta(None), "m-default")
