@@ -161,6 +161,14 @@ def run(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"error: {describe_os_error(e, args.output)}", file=sys.stderr)
         return 2
+    except Exception as e:  # a bug: one line still, the traceback with -v
+        log.debug("unexpected failure", exc_info=True)
+        print(
+            f"error: unexpected {type(e).__name__}: {e} (a bug in bandmate: run "
+            "'bandmate -v generate ...' for the details and report them)",
+            file=sys.stderr,
+        )
+        return 2
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -236,17 +244,20 @@ def _run(args: argparse.Namespace) -> int:
             (track,) = pick_tracks(which, piece)[:1] or [0]
             runs.append(_Run(k, piece, {"track": track, "bars": bars}, len(set(bars))))
     _warn_unseen(src, used, seen)
-    first, last = src.section_bars(used[0])[0], src.section_bars(used[-1])[1]
     alone = src.outside(used)
-    tracks_of = len(runs[0].piece.tracks)
+    kw = runs[0].kw
+    if task == "continue":
+        where = f"; {kw['bars']} new bar(s) from bar {src.total_bars + 1}"
+    elif task == "add":
+        where = "; a new track over those bars"
+    else:
+        where = f"; bars {kw['bars']} of track {kw['track']} rewritten as a new track"
     log.info(
-        "%s: prompt %s bar(s) %s (4/4, %d track(s)) of %s; left alone: %s; model %s (%s)%s",
-        task, "over" if task == "add" else "=",
-        bar_ranges([src.section_bars(k) for k in used]) if task == "add" else f"{first}-{last}",
-        tracks_of, args.input.name,
-        f"bars {bar_ranges(alone)} (kept as they are)" if alone else "nothing",
-        session.name, session.provider,
-        f"; new bars from bar {src.total_bars + 1}" if task == "continue" else "",
+        "%s: prompt = bars %s of %s (4/4, %d track(s)); left alone: %s%s; model %s (%s)",
+        task, bar_ranges([src.section_bars(k) for k in used]), args.input.name,
+        len(runs[0].piece.tracks),
+        f"bars {bar_ranges(alone)}, kept as they are" if alone else "nothing",
+        where, session.name, session.provider,
     )  # fmt: skip
     interrupted, done_bars = _generate(session, task, runs, sampling, args.variations)
     if interrupted and not any(r.notes for r in runs):

@@ -36,10 +36,15 @@ def one_line_error(capsys) -> str:
     return lines[0]
 
 
-def test_golden_continue_then_add_track_keep_every_original_event(model_dir, src, tmp_path):
+def test_golden_continue_then_add_track_keep_every_original_event(model_dir, src, tmp_path,
+                                                                    caplog):  # fmt: skip
     """A real 4/4 + 3/4 song continued, then given a bass: all original events unchanged."""
     cont = tmp_path / "cont.mid"
-    assert gen(model_dir, src, "-o", cont, "--continue", 2) == 0
+    with caplog.at_level(logging.INFO):
+        assert gen(model_dir, src, "-o", cont, "--continue", 2) == 0
+    said = [r.getMessage() for r in caplog.records if "prompt =" in r.getMessage()]
+    assert len(said) == 1 and "bars 1-8 of song.mid" in said[0]
+    assert "left alone: bars 9-16" in said[0] and "from bar 17" in said[0]
     assert_originals_kept(src, cont)
     new = [n for t in range(1, 5) for n in notes(cont, t) if n[0] >= END]
     assert new and all(END <= t < END + 2 * 4 * TPQ for t, _, _ in new)
@@ -166,6 +171,22 @@ def test_infill_and_density_are_refused_before_loading(model_dir, src, tmp_path,
     monkeypatch.setattr(ModelSession, "load", lambda *a, **k: pytest.fail("loaded"))
     assert gen(model_dir, src, "-o", tmp_path / "o.mid", "--infill", "0:1") == 2
     assert "without fills" in one_line_error(capsys)
+
+
+def test_infill_on_a_model_with_fills_adds_the_bars_as_a_new_track(model_dir, src, tmp_path):
+    import json
+    import shutil
+
+    fills = tmp_path / "fills"
+    shutil.copytree(model_dir, fills)
+    meta = json.loads((fills / "bandmate.json").read_text())
+    (fills / "bandmate.json").write_text(json.dumps({**meta, "fills": True}))
+    out = tmp_path / "o.mid"
+    assert gen(fills, src, "-o", out, "--infill", "soprano:1") == 0
+    assert_originals_kept(src, out)
+    m = mido.MidiFile(out)
+    assert len(m.tracks) == 6 and m.tracks[5].name == "Soprano (infill)"
+    assert all(4 * TPQ <= t < 8 * TPQ for t, _, _ in notes(out, 5))
 
 
 def test_continue_has_a_documented_bound(model_dir, src, tmp_path, capsys):
