@@ -146,7 +146,7 @@ class MainWindow(QMainWindow):
         self.source_section = 0
         self.job_source: Any = None  # the source of the prompt the takes were made from
         self.load_note = ""  # status-line note when only part of the file was read
-        self.meter: str | None = None  # --meter: read files as the model's config says, or so
+        self.meter: str | None = None  # --meter: None = as the model reads; or "assume-4/4"
         self.takes: list[Piece] = []
         self.last_spec: JobSpec | None = None
         self.last_result: JobResult | None = None
@@ -586,7 +586,7 @@ class MainWindow(QMainWindow):
         piece itself for a live capture); never over the opened file, never half a file."""
         from bandmate.models.midi_io import write_midi
         from bandmate.models.midi_merge import merge
-        from bandmate.models.outfile import OutputError, check_output, write_atomic
+        from bandmate.models.outfile import check_output, write_atomic
 
         piece = self.current_piece()
         if piece is None:
@@ -605,7 +605,7 @@ class MainWindow(QMainWindow):
             else:
                 data = write_midi(piece)
             write_atomic(path, data)
-        except OutputError as e:
+        except ValueError as e:  # OutputError (the opened file, a folder...) or MidiError
             self.messages.error("Cannot save", str(e))
             return False
         except OSError as e:
