@@ -15,6 +15,10 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bandmate.models.types import Piece
 
 log = logging.getLogger(__name__)
 
@@ -110,18 +114,18 @@ class _Run:
     """One stream over one section: the prompt piece, the task and its keyword arguments."""
 
     section: int
-    piece: object
+    piece: Piece
     kw: dict
     bars: int  # bars this run writes (progress)
     notes: dict = field(default_factory=dict)  # variation -> result track -> [Note]
     tokens: list = field(default_factory=list)
 
 
-def _track_words(piece) -> list[str]:
+def _track_words(piece: Piece) -> list[str]:
     return [f"{i} {t.name or t.inst.title()} ({t.inst})" for i, t in enumerate(piece.tracks)]
 
 
-def pick_tracks(text: str, piece) -> list[int]:
+def pick_tracks(text: str, piece: Piece) -> list[int]:
     """Track indices from "0,3" or "soprano,bass" (names or labels, any case)."""
     from bandmate.models.midi_merge import summarise
 
@@ -274,7 +278,9 @@ def _run(args: argparse.Namespace) -> int:
     return 130 if interrupted else 0
 
 
-def _continue_tracks(args, piece, seen: set[str], model: str) -> list[int]:
+def _continue_tracks(
+    args: argparse.Namespace, piece: Piece, seen: set[str], model: str
+) -> list[int]:
     """The tracks to continue: --tracks, else every track of an instrument the model knows."""
     from bandmate.models.midi_merge import summarise
     from bandmate.models.model_checks import unseen_label_message
