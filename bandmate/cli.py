@@ -26,6 +26,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "app": ("bandmate.ui.app", "open the desktop app (the default)"),
 }
 
+#: Modules only the training extra installs: a command that needs one says how to get it.
+TRAIN_EXTRA = ("torch", "transformers", "safetensors", "onnx", "onnxscript", "tensorboard")
+
 EPILOG = """examples:
   bandmate generate prompt.mid -o out.mid --continue 4     (uses the shipped chorale model)
   bandmate prepare ../shared/data/jsfakes -o data/ --voices SOPRANO,ALTO,TENOR,BASS
@@ -108,7 +111,10 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     module_name, help_text = COMMANDS[ns.command]
-    module = importlib.import_module(module_name)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        return _missing_extra(ns.command, e)
     parser = argparse.ArgumentParser(
         prog=f"bandmate {ns.command}",
         description=(module.__doc__ or help_text).strip().splitlines()[0],
@@ -121,3 +127,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as e:
+        return _missing_extra(ns.command, e)
+
+
+def _missing_extra(command: str, e: ModuleNotFoundError) -> int:
+    """One line instead of a traceback when a command needs the training extra."""
+    root = (e.name or "").split(".")[0]
+    if root not in TRAIN_EXTRA:
+        raise e
+    print(
+        f"bandmate {command} needs the training extra ({root} is not installed): "
+        'pip install "bandmate[train]"',
+        file=sys.stderr,
+    )
+    return 2

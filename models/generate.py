@@ -32,6 +32,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from bandmate.models.codec import density_bucket, piece_bars
 from bandmate.models.grammar import BarGrammar, pitch_mask
+from bandmate.models.midi_merge import summarise
 from bandmate.models.sampler import SamplingConfig, row_rng, sample
 from bandmate.models.session import ModelSession
 from bandmate.models.types import DRUM_CHANNEL, STEPS_PER_BAR, Note, Piece, Track
@@ -302,7 +303,7 @@ class _ContinueJob(_Job):
                     f"{n_pos} tokens even without history: continue fewer tracks at once"
                 )
         if self.cuts:
-            log.info("prompt cut to fit %d tokens: %s", n_pos, "; ".join(self.cuts))
+            log.info("prompt cut to fit %d tokens: %s", n_pos, summarise(self.cuts))
 
     def plan(self, row: _Row, window: object) -> list[_Action]:
         b = int(window)  # type: ignore[call-overload]
@@ -402,7 +403,7 @@ class _AddJob(_Job):
                     "one track and one bar: use a shorter or simpler prompt"
                 )
         if self.cuts:
-            log.info("prompt cut to fit %d tokens: %s", n_pos, "; ".join(self.cuts))
+            log.info("prompt cut to fit %d tokens: %s", n_pos, summarise(self.cuts))
 
     def plan(self, row: _Row, window: object) -> list[_Action]:
         b0, b1 = window  # type: ignore[misc]

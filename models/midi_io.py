@@ -22,6 +22,13 @@ class MidiError(ValueError):
     """A MIDI file bandmate cannot use; the message says why and what to do."""
 
 
+#: The message for a file without 4/4 bars (the CLI and the app both take --meter).
+NO_44_BARS = (
+    "no bars in 4/4 time: bandmate's models play 4/4 only (if the file's time signature is "
+    "wrong, read it as 4/4 with --meter assume-4/4)"
+)
+
+
 @dataclass(frozen=True)
 class TrackArrays:
     """One track's quantised notes as parallel int64 arrays, sorted by (start, pitch)."""
@@ -242,10 +249,7 @@ def read_midi(src: str | os.PathLike | bytes, config: CodecConfig | None = None)
     config = config or CodecConfig()
     segs = read_segments_arrays(src, config)
     if not segs:
-        raise MidiError(
-            "no bars in 4/4 time: bandmate's models play 4/4 only "
-            "(if the file's time signature is wrong, read it with meter='assume-4/4')"
-        )
+        raise MidiError(NO_44_BARS)
     return arrays_to_piece(segs[0])
 
 

@@ -22,6 +22,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--seed", type=int, default=None, help="fixed sampling seed (repeatable takes)"
     )
     parser.add_argument("--reset-settings", action="store_true", help="forget stored settings")
+    parser.add_argument(
+        "--meter", choices=("strict", "assume-4/4"), default=None,
+        help="strict: read only a file's 4/4 bars; assume-4/4: read every bar as 4/4 (for "
+        "files whose time signature is wrong); default: the model's",
+    )  # fmt: skip
+    parser.add_argument(
+        "--verbose", action="store_true",
+        help="log debug detail, and let the MIDI libraries (ALSA, JACK) print their messages",
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,6 +39,14 @@ def run(args: argparse.Namespace) -> int:
     if args.version:
         print(f"bandmate {__version__}")
         return 0
+    verbose = args.verbose or logging.getLogger().isEnabledFor(logging.DEBUG)
+    if args.verbose:
+        logging.getLogger().setLevel(logging.DEBUG)
+    else:  # before any port is listed: their chatter on stderr only alarms a new user
+        from bandmate.bridge.native_log import silence_midi_library_logs
+
+        silence_midi_library_logs()
+    log.debug("verbose: %s", verbose)
     from bandmate.ui.window import MainWindow
     from PyQt6.QtCore import QSettings, QTimer
     from PyQt6.QtWidgets import QApplication
@@ -43,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         store.clear()
     win = MainWindow(store=store, model_path=args.model)
     win.seed = args.seed
+    win.meter = args.meter
     if args.midi:
         win.open_midi(args.midi)
     win.show()

@@ -22,6 +22,12 @@ BAR_LINE = QColor("#5a5d68")
 BEAT_LINE = QColor("#33363e")
 GENERATED_REGION = QColor(255, 255, 255, 10)
 PLAYHEAD = QColor("#f5f5f5")
+HINT = QColor("#9a9dab")
+#: What an empty roll says, so a first start never shows only a dark grid and grey buttons.
+EMPTY_HINT = (
+    "Open a MIDI file (Ctrl+O) or drop one here,\n"
+    "or Connect (Ctrl+L) and play your DAW into 'bandmate in'."
+)
 BLACK_KEYS = {1, 3, 6, 8, 10}
 NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 
@@ -36,6 +42,7 @@ class RollCanvas(QWidget):
         self._bg: QPixmap | None = None
         self._bg_key: tuple | None = None
         self.setAttribute(Qt.WidgetAttribute.WA_OpaquePaintEvent)
+        self.hint = EMPTY_HINT  # shown while there are no notes ("" hides it)
         self.relayout()
 
     def relayout(self, fit_pitches: bool = False, view_w: int = 0, view_h: int = 0) -> None:
@@ -77,11 +84,22 @@ class RollCanvas(QWidget):
         p = QPainter(self)
         p.drawPixmap(clip.topLeft(), self._bg)
         self._paint_generated(p, clip)
+        if not self.model.notes and self.hint:
+            self._paint_hint(p)
         if self.model.playhead is not None:
             p.setPen(QPen(PLAYHEAD, 2))
             x = int(g.x(self.model.playhead))
             p.drawLine(x, clip.top(), x, clip.bottom())
         p.end()
+
+    def _paint_hint(self, p: QPainter) -> None:
+        """The empty state: what to do first, centred in the visible part of the roll."""
+        area = self.visibleRegion().boundingRect()
+        font = QFont(p.font())
+        font.setPointSizeF(12)
+        p.setFont(font)
+        p.setPen(QPen(HINT))
+        p.drawText(QRectF(area), Qt.AlignmentFlag.AlignCenter, self.hint)
 
     def _paint_background(self, p: QPainter, clip) -> None:
         g = self.geometry_

@@ -139,6 +139,14 @@ class MainWindow(QMainWindow):
         self.prompt: Piece | None = None
         self.prompt_bytes: bytes | None = None
         self.prompt_name = ""
+        # The opened file (bandmate.models.midi_merge.Source): Save and the drag clip write
+        # into it, so the user's events stay as they were; None for a live capture.
+        self.source: Any = None
+        self.source_path: Path | None = None
+        self.source_section = 0
+        self.job_source: Any = None  # the source of the prompt the takes were made from
+        self.load_note = ""  # status-line note when only part of the file was read
+        self.meter: str | None = None  # --meter: None = as the model reads; or "assume-4/4"
         self.takes: list[Piece] = []
         self.last_spec: JobSpec | None = None
         self.last_result: JobResult | None = None
@@ -481,17 +489,27 @@ class MainWindow(QMainWindow):
             return False
         ok = self._read_prompt(data, p.name)
         if ok:
+            self.source_path = p
             self.settings = AppSettings.from_json({**self.current_settings().to_json(),
                                                    "last_dir": str(p.parent)})  # fmt: skip
             self.save_settings()
         return ok
 
     def _read_prompt(self, data: bytes, name: str, quiet: bool = False) -> bool:
-        from bandmate.models.midi_io import MidiError, read_midi
+        from dataclasses import replace
 
-        config = self.session.config if self.session is not None else None
+        from bandmate.models.config import CodecConfig
+        from bandmate.models.midi_io import MidiError
+        from bandmate.models.midi_merge import open_source
+
+        config = self.session.config if self.session is not None else CodecConfig()
+        if self.meter:
+            config = replace(config, meter=self.meter)
         try:
-            piece = read_midi(data, config)
+            # The prompt is the file's last 4/4 stretch: Continue writes after the file's end.
+            source = open_source(data, config, name)
+            section = len(source.sections) - 1
+            piece, _ = source.section_piece(section)
         except MidiError as e:
             if not quiet:
                 self.messages.error(
@@ -509,6 +527,11 @@ class MainWindow(QMainWindow):
                 )
             return False
         self.prompt, self.prompt_bytes, self.prompt_name = piece, data, name
+        self.source, self.source_section = source, section
+        self.load_note = source.partial_note(section)
+        if self.load_note and not quiet:
+            log.info("%s: %s", name, self.load_note)
+        self.tempo_spin.setValue(piece.tempo)  # the file's tempo, for previews
         self.takes = []
         self.last_result = None
         self.take_box.clear()
@@ -547,15 +570,44 @@ class MainWindow(QMainWindow):
             return None
         return clip_of(self.job_prompt, self.takes[i], self.last_spec.kind)
 
+    def _take_parts(self) -> tuple[list, int] | None:
+        """The selected take as new parts of the opened file (None: no take, or live)."""
+        from bandmate.models.midi_merge import take_parts
+
+        i = self.take_box.currentIndex()
+        src = self.job_source
+        if src is None or not (0 <= i < len(self.takes)) or self.last_spec is None:
+            return None
+        return take_parts(src, self.source_section, self.job_prompt, self.takes[i],
+                          self.last_spec.kind)  # fmt: skip
+
     def save_midi(self, path: str | Path) -> bool:
+        """Write the opened file, every event unchanged, plus the selected take (or the
+        piece itself for a live capture); never over the opened file, never half a file."""
         from bandmate.models.midi_io import write_midi
+        from bandmate.models.midi_merge import merge
+        from bandmate.models.outfile import check_output, write_atomic
 
         piece = self.current_piece()
         if piece is None:
             self.messages.info("Nothing to save", "Open a MIDI file or generate first.")
             return False
+        path = Path(path)
         try:
-            write_midi(piece, path)
+            check_output(path, [self.source_path] if self.source_path else [])
+            take = self._take_parts()
+            if take is not None:
+                parts, at = take
+                kind = self.last_spec.kind if self.last_spec else ""
+                data = merge(self.job_source, parts, at if kind == "continue" else None)
+            elif self.source is not None and not self.takes:
+                data = self.source.data  # the prompt alone: the file as it is
+            else:
+                data = write_midi(piece)
+            write_atomic(path, data)
+        except ValueError as e:  # OutputError (the opened file, a folder...) or MidiError
+            self.messages.error("Cannot save", str(e))
+            return False
         except OSError as e:
             self.messages.error("Cannot save", f"{path}: {e.strerror or e}. Pick another folder.")
             return False
@@ -563,8 +615,10 @@ class MainWindow(QMainWindow):
         return True
 
     def clip_mime(self) -> QMimeData | None:
-        """Mime data holding a file URL of the current clip written to a temporary .mid."""
+        """Mime data holding a file URL of the current clip written to a temporary .mid:
+        the new part only, at the opened file's resolution and tempo."""
         from bandmate.models.midi_io import write_midi
+        from bandmate.models.midi_merge import clip as clip_bytes
 
         clip = self.current_clip()
         if clip is None:
@@ -574,7 +628,11 @@ class MainWindow(QMainWindow):
         stem = Path(self.prompt_name or "bandmate").stem
         kind = self.last_spec.kind if self.last_spec else "clip"
         path = folder / f"{stem}-{kind}-take{self.take_box.currentIndex() + 1}.mid"
-        write_midi(clip, path)
+        take = self._take_parts()
+        if take is not None:
+            path.write_bytes(clip_bytes(self.job_source, *take))
+        else:
+            write_midi(clip, path)
         mime = QMimeData()
         mime.setUrls([QUrl.fromLocalFile(str(path))])
         return mime
@@ -644,6 +702,9 @@ class MainWindow(QMainWindow):
             self.prompt = prompt
             self.prompt_bytes = None
             self.prompt_name = "live"
+            self.source = self.source_path = None
+            self.load_note = ""
+        self.job_source = self.source
         self.job_prompt = prompt
         self.last_spec = spec
         self.takes = []
@@ -883,6 +944,8 @@ class MainWindow(QMainWindow):
         else:
             tempo = self.prompt.tempo if self.prompt is not None else self.tempo_spin.value()
             parts += [f"{tempo:.1f} BPM", "–:–", "not connected"]
+        if self.load_note:
+            parts.append(self.load_note)
         if self.session is not None:
             parts += [f"model {self.session.name}", str(self.session.provider)]
         else:

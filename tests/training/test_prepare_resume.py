@@ -43,12 +43,13 @@ def _args(src: Path, out: Path, workers: int) -> list[str]:
     ]  # fmt: skip
 
 
-def _start(src: Path, out: Path) -> subprocess.Popen:
+def _start(src: Path, out: Path, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "bandmate", *_args(src, out, 2)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         start_new_session=True,  # its own process group: the kill takes the workers too
+        env=env,
     )
 
 
@@ -175,8 +176,13 @@ def test_ctrl_c_stops_the_workers_and_the_run_resumes(corpus, tmp_path):
     ref = tmp_path / "ref"
     assert main(_args(corpus, ref, 1)) == 0
     out = tmp_path / "out"
-    proc = _start(corpus, out)
+    # The last file never finishes reading (the fault injection of a stuck parser; the file
+    # timeout is 120 s), so the run cannot end before the Ctrl-C lands however fast the
+    # other files go: the test waits for a state (units on disk), never for time.
+    env = {**os.environ, P.HANG_ENV: f"f{N_FILES - 1:03d}.mid"}
+    proc = _start(corpus, out, env)
     _wait_for_units(proc, out, 3)
+    assert proc.poll() is None
     workers = _children(proc.pid)
     os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole group
     assert proc.wait(timeout=60) == 130
