@@ -208,8 +208,10 @@ def test_a_second_trigger_replaces_the_first_from_the_next_bar_line(live, assert
     assert wait_until(lambda: br.scheduler.pending == 0, 10)
     heard = [(daw.step_of(r.t_ns), r.msg.note) for r in daw.messages(["note_on"])
              if r.msg.velocity > 0]
-    cont = [s for s, p in heard if p >= 70 or 40 <= p < 52]
+    cont = [s for s, p in heard if p in (72, 73, 42, 43)]  # job 1: prompt bars 2, 3 -> +2, +3
+    added = [s for s, p in heard if p in (40, 41)]  # job 2's bass over the prompt's 2 bars
     assert cont and max(cont) < 4 * 16 - TOL_STEPS  # job 1 stopped at the bar 5 line
+    assert added and min(added) == pytest.approx(4 * 16, abs=TOL_STEPS)
     pairs, hanging = pair_notes(daw.messages())
     assert_no_hanging(hanging)
     # never two notes at once in one voice
