@@ -47,7 +47,7 @@ from bandmate.bridge.clock import (
 log = logging.getLogger("bandmate.bridge.clock")
 
 DECIDE = 3  # clocks after a gap before "lost" vs "tempo change" is decided
-DRIFT_RUN = 3  # clocks in a row off the line (same side) that re-base the segment
+DRIFT_RUN = 2  # clocks in a row off the line (same side) that re-base the segment
 LOSS_PENALTY = 0.15  # per lost clock, in periods (as an RMS residual): losses are rare
 VANISH_TICKS = 12  # an eighth note without a clock: the DAW stopped sending
 
@@ -342,6 +342,12 @@ class MidiClockFollower(_Listeners):
             t_line = int(f[0] + f[1] * k_last)
             if abs(t_line - t_last) <= lim:
                 t = t_line
+            elif len(h) >= 3 and not self._burst:
+                # off the line (a tempo change not yet re-based): extrapolate at the pace of
+                # the last clocks, not the segment's old slope
+                (k2, t2) = h[-3]
+                if k_last > k2 and t_last > t2:
+                    tempo = _tempo_of((0.0, (t_last - t2) / (k_last - k2)), tempo)
         self._st = ClockState(True, tempo, float(k_last), t, s.epoch)
 
 
