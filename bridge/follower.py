@@ -46,7 +46,7 @@ from bandmate.bridge.clock import (
 
 log = logging.getLogger("bandmate.bridge.clock")
 
-DECIDE = 3  # clocks after a gap before "lost" vs "tempo change" is decided
+DECIDE = 4  # clocks after a gap before "lost" vs "tempo change" is decided
 DRIFT_RUN = 2  # clocks in a row off the line (same side) that re-base the segment
 LOSS_PENALTY = 0.15  # per lost clock, in periods (as an RMS residual): losses are rare
 VANISH_TICKS = 12  # an eighth note without a clock: the DAW stopped sending
@@ -264,11 +264,12 @@ class MidiClockFollower(_Listeners):
             self._deciding = dec
 
     def _decide(self, period: float, final: bool) -> None:
-        """Lost clocks or a tempo change? Two readings of the clocks since the gap: "lost"
-        (the old line, every gap counted) and "new tempo" (the pace of the clocks after the
-        gap, each interval counted in it, so a loss right after a tempo change is counted
-        too; a free line from the clock before the gap). The better fit wins, each lost clock
-        costing a little. Meanwhile the better one so far is used; ``final`` settles it."""
+        """Lost clocks, a late clock or a tempo change? Readings of the clocks since the gap:
+        "lost" (the old line, every gap counted), "late" (the old line, nothing lost) and,
+        when the clocks after the gap keep a new pace, "tempo" (each interval counted in that
+        pace, so a loss right after a tempo change is counted too; a line fitted from the
+        clock before the gap). The best fit wins, each lost clock costing a little.
+        Meanwhile the best one so far is used; ``final`` settles it."""
         assert self._deciding is not None and self._base is not None
         dec, (k0, t0) = self._deciding, self._base
         if len(dec) < 3:
@@ -278,34 +279,51 @@ class MidiClockFollower(_Listeners):
         if old is None:
             old = (t0 - period * k0, period)
         pen = (LOSS_PENALTY * old[1]) ** 2
-        lost_spans = [m for _, _, m in dec]
-        k, ssr_lost = k0, 0.0
-        for (_, t, _), n in zip(dec, lost_spans, strict=True):
-            k += n
-            ssr_lost += (t - (old[0] + old[1] * k)) ** 2
-        ssr_lost += (k - k0 - len(dec)) * pen
         times = [t0] + [t for _, t, _ in dec]
         ivals = [b - a for a, b in itertools.pairwise(times)]
-        pace = sum(ivals[1:]) / (len(ivals) - 1)
-        if abs(pace / old[1] - 1) < 0.12:
-            pace = old[1]  # no evidence of a new tempo: JACK's quantisation, not a change
-        new_spans = [max(1, round(d / pace)) if pace > 0 else 1 for d in ivals]
-        js = list(itertools.accumulate(new_spans))
-        b = sum(j * (t - t0) for j, t in zip(js, times[1:], strict=True)) / sum(
-            j * j for j in js)
-        ssr_new = sum((t - t0 - b * j) ** 2 for j, t in zip(js, times[1:], strict=True))
-        ssr_new += (js[-1] - len(dec)) * pen
-        spans = lost_spans if ssr_lost <= ssr_new else new_spans
+        # the pace after the gap: the clocks after the one that ended the gap (that one may
+        # be late, making the next interval short), averaged over JACK's quantisation,
+        # without intervals that hold a loss; close to the old period: no new tempo
+        after = ivals[2:]
+        med = sorted(after)[len(after) // 2]
+        after = [d for d in after if d < 1.5 * med] or after
+        pace = sum(after) / len(after)
+        readings = {  # spans of the clocks since the gap, and the line they should fit
+            "lost": ([m for _, _, m in dec], old),  # every gap counted, the old line
+            "late": ([1] * len(dec), old),  # nothing lost: a late clock
+        }
+        if abs(pace / old[1] - 1) >= 0.12:
+            # a new pace (or nothing new: then the two readings above say it all). Its
+            # spans in that pace; its line from the clock before the gap, slope fitted
+            spans = [max(1, round(d / pace)) for d in ivals]
+            js = list(itertools.accumulate(spans))
+            b = sum(j * (t - t0) for j, t in zip(js, times[1:], strict=True)) / sum(
+                j * j for j in js)
+            if abs(b / pace - 1) < 0.12:
+                readings["tempo"] = (spans, (t0 - b * k0, b))
+        best, best_cost = "lost", float("inf")
+        for name, (spans, (a, b)) in readings.items():
+            k, cost = k0, 0.0
+            for n, t in zip(spans, times[1:], strict=True):
+                k += n
+                cost += (t - a - b * k) ** 2
+            cost += (k - k0 - len(dec)) * pen
+            if cost < best_cost:
+                best, best_cost = name, cost
+        best_b = readings[best][1][1]
+        spans = readings[best][0]
         self._settle(spans, final=final)
         if not final:
             return
         lost = sum(spans) - len(spans)
-        if spans is new_spans and new_spans != lost_spans:
+        if best == "tempo" and abs(best_b / old[1] - 1) >= 0.12:
             self._rebase(len(dec) + 1)
             log.info("clock: tempo change to %.1f BPM after a long gap (%d clock(s) lost)",
-                     NS_PER_MIN / (b * PPQN), lost)
-        else:
+                     NS_PER_MIN / (best_b * PPQN), lost)
+        elif lost:
             log.info("clock: %d clock(s) lost (the clocks after the gap confirm it)", lost)
+        else:
+            log.debug("clock: a late clock, none lost")
 
     def _check_drift(self, period: float, lim: float) -> None:
         h = list(self._hist)
