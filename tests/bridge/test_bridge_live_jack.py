@@ -234,6 +234,7 @@ def test_a_vanishing_daw_silences_output_and_sends_nothing_stale(live, assert_no
     t_gone = max(daw.tick_times.values())
     assert wait_until(lambda: not br.clock.state().running, 5)
     assert ctl.engine.last.state in ("done", "cancelled")
+    wait_until(lambda: not pair_notes(daw.messages())[1], 3)  # the note-offs on their way
     got = daw.messages()
     assert not [r for r in got if r.msg.type == "note_on" and r.msg.velocity > 0
                 and r.t_ns > t_gone + 0.2e9]  # nothing on extrapolated time
