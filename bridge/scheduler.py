@@ -97,7 +97,8 @@ class _Event:
 #: sent(message, target_ns, sent_ns) for every message the scheduler sends from its heap
 SentHook = Callable[[mido.Message, int, int], None]
 #: job_sent(job, message, target_ns, sent_ns) for the messages of notes added with a job id
-JobSentHook = Callable[[int, mido.Message, int, int], None]
+#: (message None: a note-on of the job dropped as late)
+JobSentHook = Callable[[int, mido.Message | None, int, int], None]
 
 
 class Scheduler:
@@ -298,6 +299,13 @@ class Scheduler:
                     continue
                 heapq.heappop(self._heap)
                 msg = self._play(ev, now - target, late_ns)
+                dropped = msg is None and ev.order == 1 and ev.note_id in self._dropped_ids
+            if dropped and ev.job:
+                for jhook in list(self.on_job_sent):  # a late note-on dropped: msg None
+                    try:
+                        jhook(ev.job, None, target, now)
+                    except Exception:
+                        log.exception("on_job_sent hook failed")
             if msg is not None:
                 sent_ns = time.perf_counter_ns()
                 for hook in list(self.on_sent):

@@ -349,13 +349,15 @@ class LiveEngine:
 
     # -- sent counts (scheduler thread) ---------------------------------------------------
     def _on_job_sent(self, job_id: int, msg: Any, target_ns: int, sent_ns: int) -> None:
-        if msg.type != "note_on":
+        if msg is not None and msg.type != "note_on":
             return
         job = self._jobs.get(job_id)
         if job is None:
             return
-        job.sent += 1
-        if job.sent == 1:
+        job.sent += 1  # sent, or dropped as late (msg None): either way done with
+        if msg is None:
+            job.dropped += 1
+        elif job.sent - job.dropped == 1:
             late = (sent_ns - target_ns) / 1e6
             log.info("%s: first note out (%.1f ms after its time)", job.name, late)
             self._report("first_out", job, late_ms=late)
@@ -369,5 +371,6 @@ class LiveEngine:
             job.state = "done"
             if self._current is job:
                 self._current = None
-        log.info("%s: all %d note(s) sent", job.name, job.sent)
+        late = f" ({job.dropped} of them dropped as late)" if job.dropped else ""
+        log.info("%s: all %d note(s) sent%s", job.name, job.sent, late)
         self._report("all_sent", job, notes=job.sent)

@@ -82,7 +82,8 @@ class LiveJob:
     placer: StreamPlacer | None = None
     state: str = "queued"  # queued, running, playing, done, cancelled, skipped, failed
     scheduled: int = 0
-    sent: int = 0
+    sent: int = 0  # note-ons sent (or dropped as late: ``dropped`` of them)
+    dropped: int = 0
     total: int | None = None  # notes scheduled, once generation is over
     piece: Piece | None = None
     stats: dict = field(default_factory=dict)

@@ -12,6 +12,7 @@ import mido
 import pytest
 from bandmate.bridge.capture import Capture, CaptureConfig
 from bandmate.bridge.clock import ns_per_tick
+from bandmate.bridge.facade import wait_until
 from bandmate.bridge.follower import MidiClockFollower
 from bandmate.bridge.live import LiveConfig, LiveEngine, trigger_bar
 from bandmate.bridge.scheduler import Scheduler
@@ -269,3 +270,22 @@ def test_transport_events_end_the_running_job(event):
     eng.shutdown()
     assert job.state == "cancelled" and s.sched.pending == 0 and job.scheduled == 0
     assert "cancelled" in seen and (event != "lost" or "clock_lost" in seen)
+
+
+def test_a_job_note_dropped_as_late_still_completes_the_jobs_count(caplog):
+    s = Session().start().clocks(2 * 96 + 30, chorale(2))
+    s.play()
+    eng = engine(s, FakeGen())
+    job = eng.trigger("continue")
+    eng.run_queued()
+    s.sched.config.late_ms = 0.0
+    s.sched.add_note(0, 6, 2, 90, 80, job=job.id)  # long past: dropped as late
+    job.total += 1
+    with caplog.at_level(logging.INFO):
+        s.sched.start()
+        assert wait_until(lambda: job.dropped == 1, 5)
+        for _ in range(4):
+            eng._on_job_sent(job.id, mido.Message("note_on"), 0, 0)
+        s.sched.close()
+    assert f"continue #{job.id}: all 5 note(s) sent (1 of them dropped as late)" in [
+        r.message for r in caplog.records]
