@@ -6,7 +6,12 @@ Phases, all through real JACK MIDI ports between bandmate's Bridge and a stand-i
 (bandmate.bridge.dawsim) that sends MIDI clock:
 1. scheduled output of >= 2,000 notes (16 per 16th step on 4 channels) plus a thru path (a note
    every 50 ms echoed by the bridge), while another process keeps one CPU core busy;
-2. an input flood (note on/off, each message unique) for ``--flood-s`` seconds.
+2. an input flood (note on/off, each message unique) for ``--flood-s`` seconds;
+3. a tempo-change run: the DAW starts again and steps its tempo both ways (120 -> 90 -> 126
+   -> 120, a ramp 120 -> 80, then 80 -> 120) and drops a burst of clocks, while the
+   scheduler plays a note on every 16th step; ``tempo_run`` in the JSON: on-grid ratio (note-ons
+   within a quarter step of their step on the DAW's own clock), jitter as above, clocks
+   dropped vs counted lost, tempo changes the follower recognised.
 Jitter: each note-on's arrival at the DAW minus the time the DAW sent the clock of its step,
 minus the median of that (the constant latency); figures in ms. Messages that did not arrive
 are split into ``jack_dropped`` (an xrun was reported within a few periods of the send: JACK
@@ -36,6 +41,11 @@ from bandmate.models.types import Note
 TEMPO = 120.0
 CHANNELS = (0, 1, 2, 3)
 THRU_CH = 15
+#: the tempo run: clock index -> BPM from there on (steps both ways, then a ramp, a step up)
+TEMPO_BARS = 14
+TEMPO_MAP = {2 * 96: 90.0, 4 * 96: 126.0, 6 * 96: 120.0,
+             **{8 * 96 + i * 8: 120.0 - 40.0 * i / 24 for i in range(1, 25)}, 11 * 96: 120.0}
+TEMPO_SKIP = {7 * 96 + 5, 7 * 96 + 12, 7 * 96 + 19, 7 * 96 + 50}
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -64,6 +74,53 @@ def flood_messages(n: int) -> list[mido.Message]:
     return out
 
 
+def tempo_run(br: Bridge, daw: DawSim) -> dict:
+    """Phase 3: a note on every 16th step while the DAW changes tempo and drops clocks."""
+    daw.clear()
+    daw.tick_times.clear()
+    clk = getattr(br.clock, "follower", br.clock)
+    lost0, changes0 = getattr(clk, "lost_ticks", 0), getattr(clk, "tempo_changes", 0)
+    daw.play(TEMPO, ticks=TEMPO_BARS * 96, tempo_changes=TEMPO_MAP, skip=TEMPO_SKIP)
+    if not wait_until(lambda: br.clock.state().running and 0 in daw.tick_times, 10):
+        raise RuntimeError("the bridge never saw the DAW's clock (tempo run)")
+    plan = {s: 36 + s % 48 for s in range(16, (TEMPO_BARS - 1) * 16)}  # step -> pitch
+    for step, pitch in plan.items():
+        br.scheduler.add_note(step * TICKS_PER_STEP, step * TICKS_PER_STEP + 3, 0, pitch, 90)
+    daw.wait(120)
+    wait_until(lambda: br.scheduler.pending == 0, 5)
+    time.sleep(0.2)
+    heard = [r for r in daw.messages(["note_on"]) if r.msg.velocity > 0 and r.msg.channel == 0]
+    by_pitch: dict[int, list[int]] = {}
+    for s, p in plan.items():
+        by_pitch.setdefault(p, []).append(s)
+    errs, on_grid = [], 0
+    for r in heard:
+        at = daw.step_of(r.t_ns)
+        step = min(by_pitch.get(r.msg.note, [-99]), key=lambda s: abs(s - at))
+        on_grid += abs(at - step) <= 0.25
+        t_exp = daw.tick_times.get(step * TICKS_PER_STEP)
+        if t_exp is not None:
+            errs.append((r.t_ns - t_exp) / 1e6)
+    med = statistics.median(errs) if errs else float("nan")
+    jit = [abs(e - med) for e in errs]
+    daw.stop_transport()
+    return {
+        "tempo_map": "120 -> 90 -> 126 -> 120, ramp 120 -> 80, 80 -> 120",
+        "notes_planned": len(plan),
+        "notes_received": len(heard),
+        "on_grid_ratio": round(on_grid / len(plan), 4),
+        "jitter_p50_ms": round(pct(jit, 50), 3),
+        "jitter_p99_ms": round(pct(jit, 99), 3),
+        "jitter_max_ms": round(max(jit), 3) if jit else None,
+        "latency_median_ms": round(med, 3),
+        "clocks_dropped": len(TEMPO_SKIP),
+        "clocks_counted_lost": getattr(clk, "lost_ticks", 0) - lost0,
+        "tempo_changes_seen": getattr(clk, "tempo_changes", 0) - changes0,
+        "final_tempo": round(br.clock.state().tempo, 2),
+        "late_played": br.scheduler.stats.late_played,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--period", type=int, default=256, help="JACK period in frames")
@@ -72,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--flood-s", type=float, default=10.0, help="flood duration")
     ap.add_argument("--no-load", action="store_true", help="skip the CPU-loading process")
     ap.add_argument("--out", default=None, help="also write the JSON here")
+    ap.add_argument("--no-tempo", action="store_true", help="skip the tempo-change run")
     args = ap.parse_args(argv)
 
     srv = JackServer(f"bm-bench-{os.getpid()}", period=args.period).start()
@@ -151,13 +209,24 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(0.5)
         daw.stop_transport()
         time.sleep(0.5)
-        br.close()
-        time.sleep(0.3)
         xruns = srv.xruns
         xr_times = srv.xrun_times
+        got = daw.messages()
+        steady_ticks = dict(daw.tick_times)
+        late_played = br.scheduler.stats.late_played
+        max_late = br.scheduler.stats.max_late_ms
+        lost_ticks = getattr(br.clock, "lost_ticks", None)
+
+        steady_sent = list(sent_on)  # phase 3's notes are counted on their own
+
+        # -- phase 3: tempo changes -----------------------------------------------------------
+        tempo = tempo_run(br, daw) if not args.no_tempo else None
+        tempo_xruns = srv.xruns - xruns
+        br.close()
+        time.sleep(0.3)
+        daw.tick_times = steady_ticks
 
         # -- analysis -----------------------------------------------------------------------
-        got = daw.messages()
         sched = [r for r in got if r.msg.type == "note_on" and r.msg.velocity > 0
                  and r.msg.channel in CHANNELS]
         errs = []
@@ -174,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             recv_keys[(r.msg.channel, r.msg.note)] = recv_keys.get((r.msg.channel, r.msg.note),
                                                                    0) + 1
         sent_count: dict[tuple[int, int], list[int]] = {}
-        for ch, p, t in sent_on:
+        for ch, p, t in steady_sent:
             if ch in CHANNELS:
                 sent_count.setdefault((ch, p), []).append(t)
         jack_dropped = lost = 0
@@ -186,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     lost += 1
         never_sent = args.notes // per_step * per_step - len(
-            [1 for ch, _, _ in sent_on if ch in CHANNELS])
+            [1 for ch, _, _ in steady_sent if ch in CHANNELS])
         lost += max(never_sent, 0)
         notes_out = [r for r in got if r.msg.channel in CHANNELS]
         _, hanging = pair_notes(notes_out)
@@ -218,15 +287,17 @@ def main(argv: list[str] | None = None) -> int:
             "jack_dropped_notes": jack_dropped,
             "jack_dropped_flood": flood_jack,
             "hanging_notes": len(hanging),
-            "late_played": br.scheduler.stats.late_played,
-            "max_late_ms": round(br.scheduler.stats.max_late_ms, 3),
-            "clock_lost_ticks": getattr(br.clock, "lost_ticks", None),
+            "late_played": late_played,
+            "max_late_ms": round(max_late, 3),
+            "clock_lost_ticks": lost_ticks,
             "thru_latency_median_ms": round(thru_med, 3),
             "thru_jitter_p99_ms": round(pct(thru_jit, 99), 3),
             "flood_msgs_in": len(flood),
             "flood_msgs_captured": len(flood_got_set),
             "flood_lost_by_bandmate": len(flood_missing) - flood_jack,
             "target_jitter_p99_ms": round(srv.period_ms + 0.5, 3),
+            "tempo_run": tempo,
+            "tempo_xruns": tempo_xruns,
         }
         daw.close()
     finally:

@@ -11,9 +11,9 @@ from bandmate.bridge.clock import (
     ClockSource,
     ClockState,
     InternalClock,
-    MidiClockFollower,
 )
 from bandmate.bridge.facade import Bridge, BridgeConfig, install_signal_handlers
+from bandmate.bridge.follower import MidiClockFollower
 from bandmate.bridge.ports import PortError, list_ports, resolve_api
 from bandmate.bridge.scheduler import Scheduler, SchedulerConfig
 

@@ -4,6 +4,14 @@ Why quantise against the clock and not wall time: the prompt must sit on the DAW
 that grid is the clock's (tempo changes and clock drift included). A note's start and end are
 rounded to the nearest 16th step of the clock's tick line at the message's arrival time. A ring
 keeps only the last ``ring_bars`` bars so memory stays flat in a jam that lasts hours.
+
+Takes: the capture follows the transport. Start, Song Position (a locate, a loop jump) and a
+vanished clock begin a new take, because the bars before them belong to another timeline: a
+prompt is always one take's bars, never two takes stacked. The take before is kept, so a
+trigger at the very start of a take (a loop back to bar 1) still gets the bars just played.
+
+With a voice model (``voices``), channels beyond the model's voices are not captured: they
+are not a voice the model knows (a flood on channel 16 must not become the BASS).
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 
 import mido
-from bandmate.bridge.clock import TICKS_PER_STEP, ClockSource
+from bandmate.bridge.clock import TICKS_PER_STEP, ClockSource, ClockState
 from bandmate.models.types import DRUM_CHANNEL, STEPS_PER_BAR, Note, Piece, Track
 
 GM_DRUMS = "DRUMS"
@@ -66,12 +74,13 @@ class CaptureConfig:
     def from_json(cls, d: dict) -> CaptureConfig:
         return cls(**d)
 
-    def label_for(self, channel: int, program: int | None) -> str:
-        """Fixed map, then voices by channel order, then GM (program / DRUMS)."""
+    def label_for(self, channel: int, program: int | None) -> str | None:
+        """Fixed map, then voices by channel order, then GM (program / DRUMS). None: a
+        channel a voice model has no voice for (not captured)."""
         if channel in self.channel_labels:
             return self.channel_labels[channel]
         if self.voices:
-            return self.voices[channel] if channel < len(self.voices) else self.voices[-1]
+            return self.voices[channel] if channel < len(self.voices) else None
         if channel == DRUM_CHANNEL:
             return GM_DRUMS
         return str(program or 0)
@@ -81,6 +90,15 @@ class CaptureConfig:
 class _Held:
     start: int
     velocity: int
+
+
+@dataclass
+class _Take:
+    """The notes of one pass of the transport, from ``start_bar`` to ``end_bar``."""
+
+    start_bar: int
+    notes: dict[int, list[Note]]
+    end_bar: int = 0  # first bar not complete when the take ended
 
 
 class Capture:
@@ -94,8 +112,36 @@ class Capture:
         self._held: dict[tuple[int, int], _Held] = {}
         self._programs: dict[int, int] = {}
         self._vel: dict[int, deque[int]] = {}
+        self._take_start = 0  # bar the current take starts in
+        self._last_step = 0  # the latest step a message came at in this take
+        self._prev: _Take | None = None
+        self.takes = 0  # takes begun (Start / Song Position / vanished clock)
         self.ignored = 0  # notes that came while the clock was stopped
+        self.ignored_channel = 0  # note-ons on a channel the model has no voice for
         self.captured = 0  # note-ons taken
+        add = getattr(clock, "add_listener", None)
+        if add is not None:
+            add(self._on_clock_event)
+
+    def _on_clock_event(self, event: str, st: ClockState) -> None:
+        if event in ("start", "position", "lost"):
+            self.new_take(int(st.tick // (TICKS_PER_STEP * STEPS_PER_BAR)))
+
+    def new_take(self, start_bar: int = 0) -> None:
+        """End the current take (held notes end where it stopped) and begin one at bar
+        ``start_bar``; the ended take stays available as the one "just played"."""
+        with self._lock:
+            for key in list(self._held):
+                self._end(key, self._last_step)
+            if any(self._notes.values()):
+                # the take reached the bar of its last message (a bar with notes in it was
+                # played; the transport's own position is gone by the time of the event)
+                end_bar = -(-self._last_step // STEPS_PER_BAR)
+                self._prev = _Take(self._take_start, dict(self._notes), end_bar)
+            self._notes = {}
+            self._take_start = start_bar
+            self._last_step = start_bar * STEPS_PER_BAR
+            self.takes += 1
 
     def feed(self, msg: mido.Message, t_ns: int) -> bool:
         kind = msg.type
@@ -109,12 +155,17 @@ class Capture:
         if not st.running:
             self.ignored += 1
             return True
+        if self.config.label_for(msg.channel, None) is None:
+            if kind == "note_on" and msg.velocity > 0:
+                self.ignored_channel += 1
+            return True
         # Never before the last clock received: the fitted line can put that clock's time
         # later than it came (after a burst of late clocks), but a message that came after
         # clock k was sent after it.
         step = round(max(st.tick_at(t_ns), st.tick) / TICKS_PER_STEP)
         key = (msg.channel, msg.note)
         with self._lock:
+            self._last_step = max(self._last_step, step)
             if kind == "note_on" and msg.velocity > 0:
                 if key in self._held:  # re-struck without an off: end the old one here
                     self._end(key, step)
@@ -141,6 +192,7 @@ class Capture:
         with self._lock:
             self._notes.clear()
             self._held.clear()
+            self._prev = None
 
     def label_for(self, channel: int) -> str:
         return self.config.label_for(channel, self._programs.get(channel))
@@ -150,21 +202,24 @@ class Capture:
         st = self.clock.state()
         return int(st.tick_at(time.perf_counter_ns()) // (TICKS_PER_STEP * STEPS_PER_BAR))
 
-    def bars(self, start_bar: int, n: int, now_step: int | None = None) -> Piece:
-        """Bars ``start_bar .. start_bar+n-1`` as a Piece from step 0 (notes cut at the
-        window edges; notes still held end at ``now_step``)."""
+    def bars(self, start_bar: int, n: int, now_step: int | None = None,
+             take: _Take | None = None) -> Piece:
+        """Bars ``start_bar .. start_bar+n-1`` of the current take (or ``take``) as a Piece
+        from step 0 (notes cut at the window edges; notes still held end at ``now_step``)."""
         st = self.clock.state()
         if now_step is None:
             now_step = round(st.tick_at(time.perf_counter_ns()) / TICKS_PER_STEP)
         lo, hi = start_bar * STEPS_PER_BAR, (start_bar + n) * STEPS_PER_BAR
         tracks = []
         with self._lock:
-            chans = sorted(set(self._notes) | {c for c, _ in self._held})
+            src = self._notes if take is None else take.notes
+            held = self._held if take is None else {}
+            chans = sorted(set(src) | {c for c, _ in held})
             for ch in chans:
-                notes = list(self._notes.get(ch, ()))
+                notes = list(src.get(ch, ()))
                 notes += [
                     Note(h.start, p, max(now_step, h.start + 1))
-                    for (c, p), h in self._held.items() if c == ch
+                    for (c, p), h in held.items() if c == ch
                 ]
                 cut = [
                     Note(max(x.start, lo) - lo, x.pitch, min(x.end, hi) - lo)
@@ -184,10 +239,19 @@ class Capture:
                      meta={"start_bar": start_bar})
 
     def current_bars(self, n: int, before_bar: int | None = None) -> Piece:
-        """The last ``n`` complete bars before ``before_bar`` (default: the bar playing now);
-        fewer when fewer bars have passed since bar 0."""
+        """The last ``n`` complete bars of this take before ``before_bar`` (default: the bar
+        playing now); fewer when fewer bars have passed since the take began. When the take
+        has no complete bar yet (a trigger just after Start, a locate or a loop back), the
+        bars just played: the last ``n`` complete bars of the take before
+        (``meta["take"] = "previous"``)."""
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         cur = self.current_bar() if before_bar is None else before_bar
-        start = max(cur - n, 0)
-        return self.bars(start, cur - start)
+        prev = self._prev
+        if cur <= self._take_start and prev is not None and prev.end_bar > prev.start_bar:
+            start = max(prev.end_bar - n, prev.start_bar)
+            piece = self.bars(start, prev.end_bar - start, take=prev)
+            return Piece(piece.tracks, piece.bars, piece.tempo,
+                         meta={**piece.meta, "take": "previous"})
+        start = max(cur - n, self._take_start, 0)
+        return self.bars(start, max(cur - start, 0))

@@ -75,30 +75,44 @@ class DawSim:
         start_tick: int = 0,
         send_start: bool = True,
         lead_s: float = 0.05,
+        tempo_changes: dict[int, float] | None = None,
+        locate: bool = False,
     ) -> None:
         """Start (or Continue from ``start_tick``) and send ``ticks`` clocks in a thread.
 
         ``notes[k]`` are sent right after clock ``k``; clocks in ``skip`` are not sent (a
         simulated JACK drop) but their time is still recorded as when they were due.
+        ``tempo_changes[k]``: the tempo (BPM) from clock ``k`` on (steps; a ramp is many
+        entries). ``locate``: send Song Position ``start_tick`` first (a DAW's locate or loop
+        jump), then Continue; the recorded clock times of an earlier pass are forgotten.
+        Stopping without ``stop_transport`` (the thread just ends) is a DAW that vanished.
         """
         self.tempo = tempo
         notes = notes or {}
         skip = set(skip)
-        period = 60e9 / (tempo * PPQN)
+        changes = dict(tempo_changes or {})
         self._stop.clear()
+        if locate:
+            self.tick_times.clear()
 
         def run() -> None:
+            if locate:
+                self.out.send(mido.Message("songpos", pos=start_tick // TICKS_PER_STEP))
             if send_start:
-                self.out.send(mido.Message("start") if start_tick == 0
+                self.out.send(mido.Message("start") if start_tick == 0 and not locate
                               else mido.Message("continue"))
-            t0 = time.perf_counter_ns() + int(lead_s * 1e9)
+            target = float(time.perf_counter_ns() + int(lead_s * 1e9))
+            bpm = tempo
             for i in range(ticks):
                 if self._stop.is_set():
                     return
                 k = start_tick + i
-                target = t0 + int(i * period)
-                _sleep_until(target)
-                self.tick_times[k] = target
+                if i:
+                    target += 60e9 / (bpm * PPQN)
+                bpm = changes.get(k, bpm)
+                self.tempo = bpm
+                _sleep_until(int(target))
+                self.tick_times[k] = int(target)
                 if k not in skip:
                     self.out.send(mido.Message("clock"))
                 for m in notes.get(k, ()):
@@ -126,14 +140,19 @@ class DawSim:
         return t
 
     def step_of(self, t_ns: int) -> float:
-        """The 16th step (fractional) at which ``t_ns`` falls on the sent clock grid."""
+        """The 16th step (fractional) at which ``t_ns`` falls on the sent clock grid (the
+        clock period around it, so tempo changes are measured in the tempo of the moment)."""
         ks = sorted(self.tick_times)
         if not ks:
             raise ValueError("no clocks sent")
-        lo, hi = ks[0], ks[-1]
-        period = (self.tick_times[hi] - self.tick_times[lo]) / max(hi - lo, 1)
-        # nearest recorded clock, then the fraction to it
+        # nearest recorded clock, then the fraction to it in the local period
         best = min(ks, key=lambda k: abs(self.tick_times[k] - t_ns))
+        nb = best + 1 if best + 1 in self.tick_times else best - 1
+        if nb not in self.tick_times:
+            lo, hi = ks[0], ks[-1]
+            period = (self.tick_times[hi] - self.tick_times[lo]) / max(hi - lo, 1)
+        else:
+            period = abs(self.tick_times[nb] - self.tick_times[best]) / abs(nb - best)
         return (best + (t_ns - self.tick_times[best]) / period) / TICKS_PER_STEP
 
     def close(self) -> None:

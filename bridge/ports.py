@@ -42,9 +42,72 @@ class PortError(RuntimeError):
     """A MIDI port could not be opened; the message says what the user can do."""
 
 
+SEQ_DEVICE = "/dev/snd/seq"
+_jack_quiet: list = []  # keeps the ctypes callbacks alive
+_JACK_LOG_EVERY_S = 30.0
+
+
+def quiet_libjack() -> bool:
+    """Route libjack's own error and info printing into our log, at most one line every 30 s.
+
+    Why: libjack prints ~5 lines to stderr for every failed connection attempt, and while a
+    JACK server is down the port watcher tries once a second (issue 12). Idempotent; False
+    when libjack cannot be loaded (then nothing changes).
+    """
+    if _jack_quiet:
+        return True
+    import ctypes
+
+    try:
+        from bandmate.bridge.jackserver import libjack_path
+
+        lib = ctypes.CDLL(libjack_path())
+    except Exception as e:  # no libjack: nothing prints either
+        log.debug("libjack not loaded: %s", e)
+        return False
+    cb_type = ctypes.CFUNCTYPE(None, ctypes.c_char_p)
+    last = [0.0]
+    counts = [0]
+
+    def on_msg(text: bytes | None) -> None:
+        counts[0] += 1
+        now = time.monotonic()
+        if now - last[0] >= _JACK_LOG_EVERY_S:
+            last[0] = now
+            msg = (text or b"").decode(errors="replace")
+            log.info("libjack: %s (%d message(s) since the last shown)", msg, counts[0])
+            counts[0] = 0
+
+    cb = cb_type(on_msg)
+    for fn in ("jack_set_error_function", "jack_set_info_function"):
+        f = getattr(lib, fn, None)
+        if f is not None:
+            f.argtypes = [cb_type]
+            f.restype = None
+            f(cb)
+    _jack_quiet.extend([lib, cb])
+
+    def at_exit() -> None:
+        # no Python callback while the interpreter shuts down (libjack may still print when
+        # its clients close): a C function that reads the text and does nothing instead
+        libc = ctypes.CDLL(None)
+        for fn in ("jack_set_error_function", "jack_set_info_function"):
+            f = getattr(lib, fn, None)
+            if f is not None:
+                f.argtypes = [ctypes.c_void_p]
+                f(ctypes.cast(libc.strlen, ctypes.c_void_p))
+
+    import atexit
+
+    atexit.register(at_exit)
+    return True
+
+
 def _try_api(api: int) -> str | None:
     """Open and close a client on ``api``; None if it works, else the error text."""
     os.environ.setdefault("JACK_NO_START_SERVER", "1")  # never auto-start a stray jackd
+    if api == rtmidi.API_UNIX_JACK:
+        quiet_libjack()
     try:
         m = rtmidi.MidiOut(api, "bandmate-probe")
         m.delete()
@@ -72,9 +135,12 @@ def resolve_api(name: str = "auto") -> int:
             )
         err = _try_api(api)
         if err is not None:
+            alsa = (" or pass --api alsa" if os.path.exists(SEQ_DEVICE) else
+                    f" (there is no ALSA sequencer here: {SEQ_DEVICE} is missing, so --api "
+                    "alsa will not work either)")
             hint = {
                 "jack": "start a JACK server (e.g. 'jackd -d dummy', or run under PipeWire's "
-                "pw-jack) and try again, or pass --api alsa",
+                "pw-jack) and try again" + alsa,
                 "alsa": "no ALSA sequencer (/dev/snd/seq): load snd-seq ('sudo modprobe "
                 "snd-seq') or pass --api jack with a JACK server running",
             }.get(name, "check that the MIDI system is running")

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 LATE_POLICIES = ("drop", "play")
 MAX_WAIT_S = 0.005
+CHECK_S = 0.02  # how often an idle scheduler looks for a vanished clock
 
 
 @dataclass
@@ -78,6 +79,7 @@ class SchedulerStats:
     retriggered: int = 0
     max_late_ms: float = 0.0
     stops: int = 0
+    refused: int = 0  # notes of a cancelled job (or past its cut-off) never queued
 
 
 @dataclass(order=True)
@@ -89,10 +91,14 @@ class _Event:
     pitch: int = field(compare=False)
     velocity: int = field(compare=False)
     note_id: int = field(compare=False)
+    job: int = field(default=0, compare=False)
 
 
 #: sent(message, target_ns, sent_ns) for every message the scheduler sends from its heap
 SentHook = Callable[[mido.Message, int, int], None]
+#: job_sent(job, message, target_ns, sent_ns) for the messages of notes added with a job id
+#: (message None: a note-on of the job dropped as late)
+JobSentHook = Callable[[int, mido.Message | None, int, int], None]
 
 
 class Scheduler:
@@ -115,42 +121,91 @@ class Scheduler:
         self._sounding: dict[tuple[int, int], int] = {}  # (channel, pitch) -> note id
         self._dropped_ids: set[int] = set()
         self._channels_used: set[int] = set()
+        self._cutoff: dict[int, float] = {}  # job -> first tick it may no longer play
         self._closing = False
         self._thread: threading.Thread | None = None
         self.on_sent: list[SentHook] = []
+        self.on_job_sent: list[JobSentHook] = []
         clock.add_listener(self._on_clock_event)
 
     # -- adding notes ---------------------------------------------------------------------
     def add_note(
-        self, tick_on: float, tick_off: float, channel: int, pitch: int, velocity: int
+        self, tick_on: float, tick_off: float, channel: int, pitch: int, velocity: int,
+        job: int = 0,
     ) -> int:
-        """Schedule one note on absolute ticks; returns its id."""
+        """Schedule one note on absolute ticks; returns its id, or 0 when ``job`` was
+        cancelled (or cut off before ``tick_on``): the check is made under the same lock
+        that ``cancel_job`` takes, so a generation thread can never slip a note in after a
+        Stop."""
         if not 0 <= channel <= 15 or not 0 <= pitch <= 127 or not 1 <= velocity <= 127:
             raise ValueError(f"bad note: channel {channel} pitch {pitch} velocity {velocity}")
         if tick_off <= tick_on:
             raise ValueError(f"tick_off {tick_off} must be after tick_on {tick_on}")
         nid = next(self._ids)
         with self._cond:
+            if job and tick_on >= self._cutoff.get(job, float("inf")):
+                self.stats.refused += 1
+                return 0
             heapq.heappush(self._heap, _Event(tick_on, 1, next(self._seq), channel, pitch,
-                                              velocity, nid))
+                                              velocity, nid, job))
             heapq.heappush(self._heap, _Event(tick_off, 0, next(self._seq), channel, pitch, 0,
-                                              nid))
+                                              nid, job))
             self._cond.notify()
         return nid
 
     def add_notes(
-        self, notes: Iterable[Note], channel: int, velocity: int, origin_step: int
+        self, notes: Iterable[Note], channel: int, velocity: int, origin_step: int,
+        job: int = 0,
     ) -> int:
-        """Schedule Notes: step ``s`` plays at tick ``(origin_step + s) * 6``. Returns count."""
+        """Schedule Notes: step ``s`` plays at tick ``(origin_step + s) * 6``. Returns how
+        many were queued (a cancelled job's are refused)."""
         n = 0
         for note in notes:
-            self.add_note(
+            n += bool(self.add_note(
                 (origin_step + note.start) * TICKS_PER_STEP,
                 (origin_step + note.end) * TICKS_PER_STEP,
-                channel, note.pitch, velocity,
-            )
-            n += 1
+                channel, note.pitch, velocity, job,
+            ))
         return n
+
+    def cancel_job(self, job: int, from_tick: float | None = None) -> int:
+        """End job ``job``: from now on (``from_tick`` None) or from a tick on (a bar line,
+        when a new job replaces it). Its pending notes that start at or after the cut-off go,
+        notes of it that would still sound there end there, its sounding notes end now (None),
+        and notes it adds later are refused. Returns how many pending notes were removed."""
+        if not job:
+            return 0
+        with self._cond:
+            cut = float("-inf") if from_tick is None else float(from_tick)
+            self._cutoff[job] = min(cut, self._cutoff.get(job, float("inf")))
+            on_ids = {e.note_id for e in self._heap if e.job == job and e.order == 1}
+            gone = {e.note_id for e in self._heap
+                    if e.job == job and e.order == 1 and e.tick >= cut}
+            keep = []
+            for e in self._heap:
+                if e.job == job and e.note_id in gone:
+                    continue
+                if e.job == job and e.order == 0 and e.tick > cut and from_tick is not None:
+                    e.tick = cut  # the old part ends on the bar line the new one starts on
+                keep.append(e)
+            now_offs = []
+            if from_tick is None:  # sounding notes of the job: end them now
+                for key, nid in list(self._sounding.items()):
+                    ev = next((e for e in keep if e.note_id == nid and e.order == 0), None)
+                    if ev is not None and ev.job == job and nid not in on_ids:
+                        del self._sounding[key]
+                        keep.remove(ev)
+                        now_offs.append(key)
+            heapq.heapify(keep)
+            self._heap = keep
+            for ch, p in now_offs:
+                try:
+                    self._send(mido.Message("note_off", channel=ch, note=p, velocity=0))
+                except Exception:
+                    log.exception("send failed while cancelling job %d", job)
+            self.stats.notes_off += len(now_offs)
+            self._cond.notify()
+        return len(gone)
 
     def next_bar_line(self, lead_ms: float = 50.0, state: ClockState | None = None) -> int:
         """The first bar whose downbeat is at least ``lead_ms`` from now (clock stopped: the
@@ -221,12 +276,15 @@ class Scheduler:
         cfg = self.config
         early_ns = int(cfg.out_latency_ms * 1e6)
         late_ns = int(cfg.late_ms * 1e6)
+        check = getattr(self.clock, "check", None)
         while True:
+            if check is not None:
+                check(time.perf_counter_ns())  # a vanished DAW clock ("lost": silenced)
             with self._cond:
                 if self._closing:
                     return
                 if not self._heap:
-                    self._cond.wait()
+                    self._cond.wait(None if check is None else CHECK_S)
                     continue
                 st = self.clock.state()
                 ev = self._heap[0]
@@ -241,6 +299,13 @@ class Scheduler:
                     continue
                 heapq.heappop(self._heap)
                 msg = self._play(ev, now - target, late_ns)
+                dropped = msg is None and ev.order == 1 and ev.note_id in self._dropped_ids
+            if dropped and ev.job:
+                for jhook in list(self.on_job_sent):  # a late note-on dropped: msg None
+                    try:
+                        jhook(ev.job, None, target, now)
+                    except Exception:
+                        log.exception("on_job_sent hook failed")
             if msg is not None:
                 sent_ns = time.perf_counter_ns()
                 for hook in list(self.on_sent):
@@ -248,6 +313,11 @@ class Scheduler:
                         hook(msg, target, sent_ns)
                     except Exception:
                         log.exception("on_sent hook failed")
+                for jhook in list(self.on_job_sent) if ev.job else ():
+                    try:
+                        jhook(ev.job, msg, target, sent_ns)
+                    except Exception:
+                        log.exception("on_job_sent hook failed")
 
     def _play(self, ev: _Event, late: int, late_ns: int) -> mido.Message | None:
         """Send one event (lock held). Returns the message sent, or None."""
@@ -313,7 +383,8 @@ class Scheduler:
         return self.stop_output("panic", channels=range(16))
 
     def _on_clock_event(self, event: str, st: ClockState) -> None:
-        # a transport stop or a jump voids what is sounding and the pending times; Start /
-        # Continue keep notes queued while stopped (they play from the new downbeat)
-        if event in ("stop", "position"):
+        # a transport stop, a jump or a vanished clock voids what is sounding and the pending
+        # times; Start / Continue keep notes queued while stopped (they play from the new
+        # downbeat; the live engine ends its own job's notes on Start)
+        if event in ("stop", "position", "lost"):
             self.stop_output(f"transport {event}")

@@ -189,3 +189,26 @@ class GapTracker:
     @property
     def max_stall(self) -> float:
         return max(0.0, self.max_gap - self.interval_s)
+
+
+class SpecGenerator:
+    """A live job's generator (`bandmate.bridge.live.Generator`) with the click's controls
+    (temperature, seed, density) over the window's engine functions (real or fake)."""
+
+    def __init__(self, session: Any, spec: JobSpec, engine: Engine | None = None) -> None:
+        self.session = session
+        self.spec = spec
+        self._eng = engine or default_engine()
+        seen = tuple(getattr(session, "labels_seen", ()) or ())
+        self.labels = seen or tuple(getattr(getattr(session, "config", None), "labels", ()))
+
+    def _sampling(self) -> Any:
+        return self._eng.sampling(temperature=self.spec.temperature, seed=self.spec.seed)
+
+    def continue_stream(self, piece: Piece, bars: int, cancel: threading.Event) -> Iterator[Any]:
+        return self._eng.stream_continue(self.session, piece, bars, sampling=self._sampling(),
+                                         cancel=cancel)
+
+    def add_stream(self, piece: Piece, label: str, cancel: threading.Event) -> Iterator[Any]:
+        return self._eng.stream_add_track(self.session, piece, label, density=self.spec.density,
+                                          sampling=self._sampling(), cancel=cancel)

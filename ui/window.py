@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from bandmate.models.types import STEPS_PER_BAR, STEPS_PER_BEAT, Note, Piece
-from bandmate.ui.jobs import Engine, GapTracker, JobResult, JobSpec
-from bandmate.ui.live import LivePlayback
+from bandmate.ui.jobs import Engine, GapTracker, JobResult, JobSpec, SpecGenerator
+from bandmate.ui.live import LiveLink
 from bandmate.ui.messages import MessageSink
 from bandmate.ui.names import instrument_choices, instrument_name
 from bandmate.ui.roll import PianoRoll
@@ -154,7 +154,8 @@ class MainWindow(QMainWindow):
         self.worker: GenerationWorker | None = None
         self.loader: BackgroundCall | None = None
         self.bridge: Any = None
-        self.live: LivePlayback | None = None
+        self.live: Any = None  # the live engine's job (bandmate.bridge.live.LiveJob)
+        self.live_link: LiveLink | None = None
         self.last_stall_ms: float | None = None
         self.playhead_origin: int | None = None  # clock step - this = roll step
         self.busy = False  # a job is running (from the click until its result is shown)
@@ -661,14 +662,15 @@ class MainWindow(QMainWindow):
             seed=self.seed,
         )
 
-    def _live_prompt(self, bars: int) -> Piece | None:
-        """The last bars played into the input, when connected and the DAW is playing."""
-        if self.bridge is None:
+    def _live_prompt(self, bars: int, t_ns: int) -> Piece | None:
+        """The live engine's prompt for a click at ``t_ns``, when connected and the DAW is
+        playing (None: use the file)."""
+        if self.bridge is None or self.live_link is None:
             return None
         try:
             if not self.bridge.clock.state().running:
                 return None
-            piece = self.bridge.capture.current_bars(bars)
+            piece = self.live_link.prompt_at(t_ns, bars)
         except Exception as e:
             log.warning("no live capture: %s", e)
             return None
@@ -687,7 +689,8 @@ class MainWindow(QMainWindow):
             )
             return False
         spec = self.job_spec(kind)
-        prompt = self._live_prompt(4 if spec.bars == 4 else 8)
+        t_click = time.perf_counter_ns()
+        prompt = self._live_prompt(4 if spec.bars == 4 else 8, t_click)
         live = prompt is not None
         if prompt is None:
             prompt = self.prompt
@@ -718,15 +721,6 @@ class MainWindow(QMainWindow):
         self._roll_follow_step = 0
         self.live = None
         self.playhead_origin = None
-        if live and self.bridge is not None:
-            first = prompt.steps if kind == "continue" else 0
-            self.live = LivePlayback(self.bridge, prompt, first, spec.instrument)
-        self.worker = GenerationWorker(self.session, prompt, spec, self.engine, self)
-        self.worker.note.connect(self._on_note)
-        self.worker.progress.connect(self._on_progress)
-        self.worker.take_done.connect(self._on_take)
-        self.worker.finished.connect(self._on_finished)
-        self.worker.failed.connect(self._on_failed)
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
         self.progress.show()
@@ -734,6 +728,22 @@ class MainWindow(QMainWindow):
         self._job_t0 = time.perf_counter()
         self.stall.start()
         self.busy = True
+        if live and self.live_link is not None:
+            # the live engine plays one take: notes go from its generation thread straight
+            # to the scheduler; the window only draws what it reports (_on_live_event)
+            self.worker = None
+            self.live = self.live_link.trigger(
+                kind, t_click, prompt, spec.instrument, spec.bars,
+                SpecGenerator(self.session, spec, self.engine))
+            log.info("%s: %s on %d live bars (%s)", kind, spec, prompt.bars, self.live.name)
+            self._update_buttons()
+            return True
+        self.worker = GenerationWorker(self.session, prompt, spec, self.engine, self)
+        self.worker.note.connect(self._on_note)
+        self.worker.progress.connect(self._on_progress)
+        self.worker.take_done.connect(self._on_take)
+        self.worker.finished.connect(self._on_finished)
+        self.worker.failed.connect(self._on_failed)
         self.worker.start()
         log.info("%s: %s on %d bars", kind, spec, prompt.bars)
         self._update_buttons()
@@ -749,8 +759,6 @@ class MainWindow(QMainWindow):
             name = instrument_name(self.last_spec.instrument)
         self.roll.model.add_generated(track, note, name)
         self._stream_count += 1
-        if self.live is not None and take == 0:
-            self.live.note(track, note)
         # repaint at most ~30 times a second, however fast notes stream
         self._roll_follow_step = max(self._roll_follow_step, note.end)
         if not self.repaint_timer.isActive():
@@ -765,14 +773,10 @@ class MainWindow(QMainWindow):
     def _on_progress(self, done: int, total: int) -> None:
         self.progress.setRange(0, max(1, total))
         self.progress.setValue(done)
-        if self.live is not None and done > 0:
-            self.live.bar_done()
 
     def _on_take(self, take: int, piece: Piece, stats: dict) -> None:
         self.takes.append(piece)
         self.take_box.addItem(f"Take {take + 1}")
-        if self.live is not None and take == 0:
-            self.live.finish()
 
     def _finish_job(self) -> None:
         self.last_stall_ms = self.stall.stop()
@@ -826,6 +830,32 @@ class MainWindow(QMainWindow):
         if self.worker is not None and self.worker.is_running():
             log.info("cancelling generation")
             self.worker.cancel()
+        live = self.live
+        if live is not None and live.state in ("queued", "running") and self.live_link:
+            self.live_link.stop(why="cancel")
+
+    # ------------------------------------------------------------------ live engine
+    def _on_live_event(self, ev: Any) -> None:
+        """Draw what the live engine reports (UI thread, queued from engine threads)."""
+        job = ev.job
+        if job is None or job is not self.live:
+            return  # another job's report (an older one, replaced), or the clock's
+        kind, info = ev.kind, ev.info
+        spec = self.last_spec
+        if kind == "note":
+            self._on_note(0, info["track"], info["note"])
+        elif kind == "bar":
+            total = spec.bars if spec and spec.kind == "continue" else max(1, job.prompt.bars)
+            self._on_progress(min(info["done"], total), total)
+        elif kind == "generated" and spec is not None:
+            piece = info["piece"] or job.prompt
+            self._on_take(0, piece, info["stats"])
+            self._on_finished(JobResult(spec, [piece], [info["stats"]], False,
+                                        time.perf_counter() - job.t_start))
+        elif kind in ("cancelled", "replaced", "skipped") and self.busy and spec is not None:
+            self._on_finished(JobResult(spec, [], [], True, time.perf_counter() - job.t_start))
+        elif kind == "failed" and self.busy:
+            self._on_failed(info.get("error", "generation failed"))
 
     # ------------------------------------------------------------------ MIDI out
     def _open_bridge(self) -> bool:
@@ -857,6 +887,8 @@ class MainWindow(QMainWindow):
             )
             return False
         self.bridge = br
+        self.live_link = LiveLink(br, self)
+        self.live_link.event.connect(self._on_live_event)
         log.info("connected: %s", cfg_kw)
         return True
 
@@ -868,6 +900,9 @@ class MainWindow(QMainWindow):
         self._update_buttons()
 
     def disconnect_midi(self) -> None:
+        if self.live_link is not None:
+            self.live_link.shutdown()
+            self.live_link = None
         if self.bridge is not None:
             try:
                 self.bridge.close()
@@ -912,12 +947,16 @@ class MainWindow(QMainWindow):
         """Cancel generation and end every sounding note."""
         self.cancel()
         self.playhead_origin = None
-        if self.bridge is not None:
+        if self.live_link is not None:
+            self.live_link.stop()  # ends the live job and everything it would still play
+        elif self.bridge is not None:
             self.bridge.stop()
 
     def panic(self) -> None:
         self.cancel()
-        if self.bridge is not None:
+        if self.live_link is not None:
+            self.live_link.stop(panic=True)
+        elif self.bridge is not None:
             self.bridge.panic()
         else:
             self.messages.info("Panic", "Not connected: no MIDI notes are sounding.")
@@ -935,8 +974,8 @@ class MainWindow(QMainWindow):
                 parts += [f"{st.tempo:.1f} BPM", f"{bar + 1}:{beat + 1}",
                           "playing" if st.running else "stopped"]  # fmt: skip
                 live = self.live
-                if self.playhead_origin is None and live and live.placer.anchor_bar is not None:
-                    self.playhead_origin = live.placer.origin_step
+                if self.playhead_origin is None and live and live.origin_step is not None:
+                    self.playhead_origin = live.origin_step
                 if self.playhead_origin is not None and st.running:
                     playhead = step - self.playhead_origin
             except Exception as e:

@@ -176,7 +176,7 @@ def test_gap_tracker():
 
 
 def test_stream_placer_anchors_at_bar_line_and_channels():
-    from bandmate.ui.live import StreamPlacer, channel_for_track
+    from bandmate.bridge.live import StreamPlacer, channel_for_track
 
     prompt = Piece(
         (Track("SOPRANO", (Note(0, 72, 4),), channel=0, velocity=90),
