@@ -184,7 +184,8 @@ class _Job:
 
 
 def _header(session: ModelSession, label: str, density: int | None) -> list[int]:
-    h = [TRACK_START, session.vocab.inst_id(label)]
+    # A prompt read for another scheme (live capture, another model) as this model labels it.
+    h = [TRACK_START, session.vocab.inst_id(session.config.model_label(label))]
     if density is not None and session.config.density_bins:
         h.append(DENSITY0 + density)
     return h
