@@ -1,6 +1,7 @@
 """Continue a MIDI file, add a track to it, or infill bars (``bandmate generate``).
 
-Uses the shipped chorale model unless ``--model DIR`` names a folder from ``bandmate export``.
+Uses the shipped chorale model unless ``--model`` names another shipped model (``band``) or a
+folder from ``bandmate export``.
 With ``--variations K`` the K takes are written side by side in one batch (OUT-1.mid ...).
 """
 
@@ -10,6 +11,8 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+
+from bandmate.models.registry import MODEL_HELP
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +41,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     task = parser.add_mutually_exclusive_group(required=True)
     task.add_argument("--continue", dest="cont", type=int, metavar="N", help="add N bars")
     task.add_argument(
-        "--add-track", metavar="LABEL", help="add a part: a model label (BASS), bass, or 0-127"
+        "--add-track",
+        metavar="INSTRUMENT",
+        help="add a part: bass, drums, a General MIDI name ('Electric Bass (finger)') or family "
+        "(guitar, strings, piano), a program 0-127, or a model label (BASS); a gm-family model "
+        "writes the family",
     )
     task.add_argument(
         "--infill", type=_infill_spec, metavar="TRACK:BARS", help="rewrite bars of one track"
     )
-    parser.add_argument("--model", type=Path, default=None, help="model folder (default: shipped)")
+    parser.add_argument("--model", default=None, help=MODEL_HELP + " (default: default)")
     parser.add_argument("--tracks", default=None, help="with --continue: track indices, e.g. 0,3")
     parser.add_argument("--density", type=int, default=None, help="with --add-track: 0..bins-1")
     parser.add_argument(
