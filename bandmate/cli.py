@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("bandmate.models.generate_cli", "continue a MIDI file or add a track to it"),
     "jam": ("bandmate.bridge.jam", "headless bandmate: MIDI in, generated MIDI out"),
     "ports": ("bandmate.bridge.ports_cli", "list the MIDI ports bandmate can see"),
+    "models": ("bandmate.models.registry", "list the shipped models (--model NAME)"),
     "app": ("bandmate.ui.app", "open the desktop app (the default)"),
 }
 
@@ -31,12 +32,22 @@ TRAIN_EXTRA = ("torch", "transformers", "safetensors", "onnx", "onnxscript", "te
 
 EPILOG = """examples:
   bandmate generate prompt.mid -o out.mid --continue 4     (uses the shipped chorale model)
+  bandmate generate song.mid -o out.mid --add-track drums --model band
   bandmate prepare ../shared/data/jsfakes -o data/ --voices SOPRANO,ALTO,TENOR,BASS
   bandmate train data/ -o runs/tiny --preset tiny
   bandmate export runs/tiny -o models/tiny --int8
   bandmate jam --api jack                                  (no window)
 
 run 'bandmate COMMAND --help' for the options of one command."""
+
+
+def _epilog() -> str:
+    """The examples and the shipped models (read from the installation: names only, no ONNX)."""
+    from bandmate.models.registry import help_lines
+
+    return f"{EPILOG}\n\nshipped models (--model NAME; 'bandmate models' for details):\n" + (
+        "\n".join(help_lines())
+    )
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -54,7 +65,7 @@ def _top_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bandmate",
         description="An AI bandmate for your DAW: continue your bars or add a part, over MIDI.",
-        epilog=EPILOG,
+        epilog=_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"bandmate {__version__}")

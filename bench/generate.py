@@ -280,7 +280,8 @@ def bench_model(label: str, folder: Path, n_prompts: int, new: int, seed: int,
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", type=Path, default=None, help="default: the shipped model")
+    ap.add_argument("--model", default=None,
+                    help="a shipped model by name (default, band) or a folder; default: default")
     ap.add_argument("--seed-dir", type=Path, default=Path("/tmp/bandmate-bench-seed20m"))
     ap.add_argument("--prompts", type=int, default=3)
     ap.add_argument("--new-tokens", type=int, default=128)
@@ -295,12 +296,13 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(min(os.cpu_count() or 1, 8))
+    from bandmate.models.registry import resolve_model
     from bandmate.models.session import default_model_dir
 
     models = {}
     load_before = os.getloadavg()
     base = not args.no_baseline
-    shipped = args.model or default_model_dir()
+    shipped = resolve_model(args.model) or default_model_dir()
     if (shipped / "bandmate.json").is_file():
         models["shipped"] = bench_model("shipped", shipped, args.prompts, args.new_tokens,
                                         args.seed, base)

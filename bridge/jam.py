@@ -23,6 +23,7 @@ from bandmate.bridge.clock import ClockSource
 from bandmate.bridge.live import EngineGenerator, Generator, LiveConfig, LiveEngine
 from bandmate.bridge.ports import API_CHOICES
 from bandmate.bridge.scheduler import Scheduler
+from bandmate.models.registry import MODEL_HELP
 
 log = logging.getLogger("bandmate.jam")
 
@@ -140,7 +141,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--in", dest="in_name", default="bandmate in", help="input port name")
     parser.add_argument("--out", dest="out_name", default="bandmate out",
                         help="output port name")
-    parser.add_argument("--model", default=None, help="model folder (default: the shipped one)")
+    parser.add_argument("--model", default=None, help=MODEL_HELP + " (default: default)")
     parser.add_argument("--bars", type=int, default=4, help="prompt bars / bars to generate")
     parser.add_argument("--tempo", type=float, default=120.0,
                         help="internal clock tempo until the DAW sends MIDI clock")
@@ -177,8 +178,8 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     except (OSError, ValueError, RuntimeError) as e:
-        print(f"error: cannot load the model: {e} (pass --model DIR with a folder written by "
-              "'bandmate export')", file=sys.stderr)
+        print(f"error: cannot load the model: {e} (pass --model with a shipped model, "
+              "e.g. --model band, or a folder written by 'bandmate export')", file=sys.stderr)
         return 2
     cfg = gen.session.config
     voices = voice_labels(cfg.labels, gen.labels)

@@ -12,6 +12,9 @@ from dataclasses import asdict, dataclass, field, fields
 from bandmate.models.vocab import Vocab, inst_labels
 
 METERS = ("strict", "assume-4/4")
+#: How tracks get INST labels (docs/codec.md): "program" (voice names, else the GM program:
+#: the chorale models) or "gm-family" (DRUMS, else the first program of the GM family).
+LABEL_SCHEMES = ("program", "gm-family")
 BAR_CHOICES = (4, 8, 16)
 DEFAULT_VOICE_TABLE = ("SOPRANO", "ALTO", "TENOR", "BASS")
 
@@ -38,12 +41,25 @@ class CodecConfig:
         default="strict",
         metadata={"help": "strict: skip non-4/4 bars; assume-4/4: ignore time signatures"},
     )
+    label_scheme: str = field(
+        default="program",
+        metadata={
+            "help": "program: voice names (by order or track name), else the GM program; "
+            "gm-family: DRUMS, else the GM family's first program (band material)"
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.bars not in BAR_CHOICES:
             raise ValueError(f"bars must be one of {BAR_CHOICES}, got {self.bars}")
         if self.meter not in METERS:
             raise ValueError(f"meter must be one of {METERS}, got {self.meter!r}")
+        if self.label_scheme not in LABEL_SCHEMES:
+            raise ValueError(
+                f"label_scheme must be one of {LABEL_SCHEMES}, got {self.label_scheme!r}"
+            )
+        if self.label_scheme == "gm-family" and self.voices:
+            raise ValueError("voices (labels by track order) need label_scheme 'program'")
         object.__setattr__(self, "voices", tuple(v.upper() for v in self.voices))
         object.__setattr__(self, "voice_table", tuple(v.upper() for v in self.voice_table))
         object.__setattr__(self, "density_edges", tuple(float(e) for e in self.density_edges))
@@ -57,7 +73,31 @@ class CodecConfig:
 
     @property
     def labels(self) -> tuple[str, ...]:
+        if self.label_scheme == "gm-family":
+            return inst_labels(())  # DRUMS and 0..127; only DRUMS and the 16 families occur
         return inst_labels(self.voices + self.voice_table)
+
+    def track_label(self, name: str, program: int, is_drum: bool, order: int) -> str:
+        """The INST label of a track read from MIDI (``order``: its index among the
+        non-drum tracks with notes)."""
+        if is_drum:
+            return "DRUMS"
+        if self.label_scheme == "gm-family":
+            return gm_family_label(program)
+        if self.voices:
+            return self.voices[order] if order < len(self.voices) else str(program)
+        key = name.strip().upper()
+        return key if key in self.voice_table else str(program)
+
+    def model_label(self, label: str) -> str:
+        """A label from elsewhere (another model's reading, live capture, a program number)
+        as this model writes it: the identity under "program"; under "gm-family" a program
+        becomes its family, BASS the bass family, any other word piano ("0")."""
+        if self.label_scheme != "gm-family" or label == "DRUMS":
+            return label
+        if label.isdigit() and 0 <= int(label) <= 127:
+            return gm_family_label(int(label))
+        return "32" if label.upper() == "BASS" else "0"
 
     @property
     def vocab(self) -> Vocab:
@@ -74,3 +114,8 @@ class CodecConfig:
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=1)
+
+
+def gm_family_label(program: int) -> str:
+    """The first program of a GM program's family of 8, as a label: 33 -> "32" (basses)."""
+    return str(min(max(int(program), 0), 127) // 8 * 8)

@@ -185,7 +185,8 @@ class _Job:
 
 
 def _header(session: ModelSession, label: str, density: int | None) -> list[int]:
-    h = [TRACK_START, session.vocab.inst_id(label)]
+    # A prompt read for another scheme (live capture, another model) as this model labels it.
+    h = [TRACK_START, session.vocab.inst_id(session.config.model_label(label))]
     if density is not None and session.config.density_bins:
         h.append(DENSITY0 + density)
     return h
@@ -326,21 +327,38 @@ class _ContinueJob(_Job):
 # ------------------------------------------------------------------------------ add track
 
 
-def resolve_label(session: ModelSession, instrument: str) -> str:
-    """An INST label from what a user typed: a label, "bass", or a GM program number."""
+def resolve_instrument(session: ModelSession, instrument: str) -> tuple[str, int]:
+    """(INST label, GM program for playback) from what a user typed: a model label, "bass",
+    "drums", a GM name ("Electric Bass (finger)"), a family ("guitar", "strings") or a
+    program number. A gm-family model gets the family label; the program stays the one asked
+    for, so the new part sounds as chosen."""
+    from bandmate.models.instruments import parse_instrument
+
     text = str(instrument).strip()
+    cfg = session.config
     labels = session.vocab.labels
-    if text.upper() in labels:
-        return text.upper()
     if text.lower() == "bass":
-        return session.bass_label
-    if text.lower() in ("drums", "drum", "percussion"):
-        return "DRUMS"
+        label = session.bass_label
+        return label, int(label) if label.isdigit() else 0
+    if text.upper() in labels and not text.isdigit():
+        label = cfg.model_label(text.upper())
+        return label, int(label) if label.isdigit() else 0
+    found = parse_instrument(text)
+    if found == "DRUMS":
+        return "DRUMS", 0
+    if isinstance(found, int):
+        return cfg.model_label(str(found)), found
     seen = ", ".join(session.labels_seen) or ", ".join(labels[:6])
     raise GenerationError(
         f"unknown instrument {instrument!r}: use one of this model's labels ({seen}), 'bass', "
-        "'drums' or a General MIDI program number 0-127"
+        "'drums', a General MIDI name or family ('Electric Bass (finger)', 'guitar') or a "
+        "program number 0-127"
     )
+
+
+def resolve_label(session: ModelSession, instrument: str) -> str:
+    """The INST label of what a user typed (see `resolve_instrument`)."""
+    return resolve_instrument(session, instrument)[0]
 
 
 class _AddJob(_Job):
@@ -354,14 +372,14 @@ class _AddJob(_Job):
     ) -> None:
         if prompt.bars < 1:
             raise GenerationError("the prompt has no bars: a new track needs bars to play over")
-        label = resolve_label(session, instrument)
+        label, program = resolve_instrument(session, instrument)
         bins = session.config.density_bins
         if density is not None and bins and not 0 <= density < bins:
             raise GenerationError(f"density must be 0..{bins - 1} for this model, got {density}")
         new = Track(
             label,
             (),
-            program=int(label) if label.isdigit() else 0,
+            program=program,
             channel=_free_channel(prompt, label),
             name=label.title() if not label.isdigit() else "",
         )

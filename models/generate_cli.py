@@ -3,7 +3,8 @@
 The output is the input file with every event unchanged plus the new notes, at the file's own
 resolution and tempo map (`bandmate.models.midi_merge`); the input itself is never written
 and the output is checked before any work and written whole (`bandmate.models.outfile`).
-Uses the shipped chorale model unless ``--model DIR`` names a folder from ``bandmate export``.
+Uses the shipped chorale model unless ``--model`` names another shipped model (``band``) or a
+folder from ``bandmate export``.
 With ``--variations K`` the K takes are written side by side (OUT-1.mid ...).
 """
 
@@ -19,6 +20,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from bandmate.models.types import Piece
+
+from bandmate.models.registry import MODEL_HELP
 
 log = logging.getLogger(__name__)
 
@@ -59,14 +62,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help=f"add N bars (1-{MAX_CONTINUE_BARS}) after the end of the file",
     )  # fmt: skip
     task.add_argument(
-        "--add-track", metavar="LABEL", help="add a part over every 4/4 bar: a label the model "
-        "trained on (BASS), bass, or a GM program 0-127",
+        "--add-track", metavar="INSTRUMENT", help="add a part over every 4/4 bar: bass, drums, "
+        "a General MIDI name ('Electric Bass (finger)') or family (guitar, strings, piano), a "
+        "program 0-127, or a model label (BASS); a gm-family model writes the family",
     )  # fmt: skip
     task.add_argument(
         "--infill", type=_infill_spec, metavar="TRACK:BARS",
         help="rewrite bars of one track, as a new track (models trained with fills only)",
     )  # fmt: skip
-    parser.add_argument("--model", type=Path, default=None, help="model folder (default: shipped)")
+    parser.add_argument("--model", default=None, help=MODEL_HELP + " (default: default)")
     parser.add_argument(
         "--section", type=int, default=None, metavar="K",
         help="which 4/4 stretch of the file is the prompt, 1 = the first (default: the last "
@@ -200,6 +204,9 @@ def _run(args: argparse.Namespace) -> int:
         data = args.input.read_bytes()
     except OSError as e:
         raise ValueError(f"cannot read {args.input}: {e.strerror or e}") from None
+    from bandmate.models.registry import resolve_model
+
+    args.model = resolve_model(args.model)  # a shipped name ("band") -> its folder
     meta = read_model_meta(args.model)
     model_name = str(meta.get("name") or (args.model.name if args.model else "shipped"))
     if args.infill is not None:
@@ -231,7 +238,9 @@ def _run(args: argparse.Namespace) -> int:
             raise ValueError(unseen_label_message(session.name, label, session.labels_seen))
         for k in [args.section - 1] if args.section else range(n_sec):
             piece, _ = src.section_piece(k)
-            kw = {"instrument": label, "density": args.density}
+            # The words as typed: the job keeps the GM program asked for (33) under the
+            # model's label (the family's 32 for a gm-family model).
+            kw = {"instrument": args.add_track, "density": args.density}
             runs.append(_Run(k, piece, kw, piece.bars))
         used = [r.section for r in runs]
     else:

@@ -6,6 +6,7 @@ on numpy arrays (`SegmentArrays`) and builds `Note` objects only when a `Piece` 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 from dataclasses import dataclass
@@ -74,7 +75,70 @@ def _load_score(src: str | os.PathLike | bytes):
     try:
         return symusic.Score.from_midi(bytes(data))
     except Exception as e:  # symusic raises plain RuntimeError / ValueError on damage
+        fixed = clip_data_bytes(bytes(data)) if "program" in str(e).lower() else None
+        if fixed is not None:
+            with contextlib.suppress(Exception):
+                return symusic.Score.from_midi(fixed)
         raise MidiError(f"unreadable MIDI data: {e}") from None
+
+
+_DATA_BYTES = {0x8: 2, 0x9: 2, 0xA: 2, 0xB: 2, 0xC: 1, 0xD: 1, 0xE: 2}
+
+
+def _varlen(data: bytes, i: int) -> tuple[int, int]:
+    value = 0
+    for _ in range(4):
+        b = data[i]
+        i += 1
+        value = (value << 7) | (b & 0x7F)
+        if not b & 0x80:
+            break
+    return value, i
+
+
+def clip_data_bytes(data: bytes) -> bytes | None:
+    """The file with every channel-message data byte over 127 clamped to 127 (as mido's
+    ``clip=True`` does), or None when nothing needed it or the chunks cannot be walked.
+
+    Some editors wrote program changes like 230 (Freedoom's older files): the byte should
+    be 7 bits; symusic refuses the file ("Get program=230").
+    """
+    out = bytearray(data)
+    changed = False
+    try:
+        pos = 8 + int.from_bytes(data[4:8], "big")  # after MThd
+        while pos + 8 <= len(data):
+            kind, size = data[pos : pos + 4], int.from_bytes(data[pos + 4 : pos + 8], "big")
+            i, end = pos + 8, min(pos + 8 + size, len(data))
+            pos += 8 + size
+            if kind != b"MTrk":
+                continue
+            status = 0
+            while i < end:
+                _, i = _varlen(data, i)
+                b = data[i]
+                if b >= 0x80:
+                    i += 1
+                    if b == 0xFF:  # meta: type, length, data
+                        n, i = _varlen(data, i + 1)
+                        i += n
+                        continue
+                    if b in (0xF0, 0xF7):  # sysex
+                        n, i = _varlen(data, i)
+                        i += n
+                        continue
+                    status = b
+                n = _DATA_BYTES.get(status >> 4)
+                if n is None:
+                    return None  # data with no running status: not walkable
+                for k in range(i, min(i + n, end)):
+                    if out[k] > 0x7F:
+                        out[k] = 0x7F
+                        changed = True
+                i += n
+    except IndexError:
+        return None
+    return bytes(out) if changed else None
 
 
 def _q(ticks: np.ndarray, tpq: int) -> np.ndarray:
@@ -108,19 +172,6 @@ def _segments_44(score, config: CodecConfig, last_step: int) -> list[tuple[int, 
         else:
             out.append((at, bars))
     return out
-
-
-def _label(config: CodecConfig, name: str, program: int, is_drum: bool, order: int) -> str:
-    if is_drum:
-        return "DRUMS"
-    if config.voices:
-        if order < len(config.voices):
-            return config.voices[order]
-        return str(program)
-    key = name.strip().upper()
-    if key in config.voice_table:
-        return key
-    return str(program)
 
 
 def read_segments_arrays(
@@ -168,7 +219,7 @@ def read_segments_arrays(
     for i, tr in enumerate(tracks_in):
         lo, hi = bounds[i], bounds[i + 1]
         is_drum = bool(tr.is_drum)
-        label = _label(config, tr.name, int(tr.program), is_drum, voice_order)
+        label = config.track_label(tr.name, int(tr.program), is_drum, voice_order)
         if not is_drum:
             voice_order += 1
         vel_i = int(np.clip(med[i], 1, 127))

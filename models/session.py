@@ -136,6 +136,8 @@ class ModelSession:
     def bass_label(self) -> str:
         """The INST label "Add bass track" uses: BASS for voice models, else a GM bass."""
         seen = self.labels_seen
+        if self.config.label_scheme == "gm-family":
+            return "32"  # the bass family
         if "BASS" in seen or ("BASS" in self.config.voices and not seen):
             return "BASS"
         for p in GM_BASS_PROGRAMS:
@@ -151,7 +153,8 @@ class ModelSession:
         device: str = "auto",
         fast: bool | None = None,
     ) -> ModelSession:
-        """Open a model folder (None = the shipped model).
+        """Open a model folder (None = the shipped default model), or a shipped model by
+        name ("default", "band": `bandmate.models.registry`).
 
         ``precision`` picks the graph (default: the folder's ``onnx.default``, int8 on CPU);
         ``device`` is "auto" (CUDA when it works, else CPU), "cpu" or "cuda". ``fast``: use
@@ -162,8 +165,14 @@ class ModelSession:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
-        shipped = path is None
-        folder = default_model_dir() if shipped else Path(path).expanduser()
+        from bandmate.models.registry import UnknownModel, resolve_model
+
+        try:
+            resolved = resolve_model(path)  # a shipped name ("band") -> its folder
+        except UnknownModel as e:
+            raise ModelError(str(e)) from None
+        shipped = resolved is None or resolved == default_model_dir()
+        folder = default_model_dir() if resolved is None else resolved
         meta_path = folder / "bandmate.json"
         if not meta_path.is_file():
             if shipped:

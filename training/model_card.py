@@ -26,6 +26,74 @@ JSF_ATTRIBUTION = (
 )
 
 
+_FREEDOOM_BSD = """Copyright © 2001-2024 Contributors to the Freedoom project. All rights reserved.
+
+Redistribution and use in source and binary forms, with or without modification, are permitted
+provided that the following conditions are met:
+
+  * Redistributions of source code must retain the above copyright notice, this list of
+    conditions and the following disclaimer.
+  * Redistributions in binary form must reproduce the above copyright notice, this list of
+    conditions and the following disclaimer in the documentation and/or other materials
+    provided with the distribution.
+  * Neither the name of the Freedoom project nor the names of its contributors may be used to
+    endorse or promote products derived from this software without specific prior written
+    permission.
+
+THIS SOFTWARE IS PROVIDED BY THE COPYRIGHT HOLDERS AND CONTRIBUTORS "AS IS" AND ANY EXPRESS OR
+IMPLIED WARRANTIES, INCLUDING, BUT NOT LIMITED TO, THE IMPLIED WARRANTIES OF MERCHANTABILITY AND
+FITNESS FOR A PARTICULAR PURPOSE ARE DISCLAIMED. IN NO EVENT SHALL THE COPYRIGHT OWNER OR
+CONTRIBUTORS BE LIABLE FOR ANY DIRECT, INDIRECT, INCIDENTAL, SPECIAL, EXEMPLARY, OR CONSEQUENTIAL
+DAMAGES (INCLUDING, BUT NOT LIMITED TO, PROCUREMENT OF SUBSTITUTE GOODS OR SERVICES; LOSS OF USE,
+DATA, OR PROFITS; OR BUSINESS INTERRUPTION) HOWEVER CAUSED AND ON ANY THEORY OF LIABILITY,
+WHETHER IN CONTRACT, STRICT LIABILITY, OR TORT (INCLUDING NEGLIGENCE OR OTHERWISE) ARISING IN
+ANY WAY OUT OF THE USE OF THIS SOFTWARE, EVEN IF ADVISED OF THE POSSIBILITY OF SUCH DAMAGE."""
+
+_POP909_MIT = """MIT License
+
+Copyright (c) 2020 Music X Lab
+
+Permission is hereby granted, free of charge, to any person obtaining a copy
+of this software and associated documentation files (the \"Software\"), to deal
+in the Software without restriction, including without limitation the rights
+to use, copy, modify, merge, publish, distribute, sublicense, and/or sell
+copies of the Software, and to permit persons to whom the Software is
+furnished to do so, subject to the following conditions:
+
+The above copyright notice and this permission notice shall be included in all
+copies or substantial portions of the Software.
+
+THE SOFTWARE IS PROVIDED \"AS IS\", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR
+IMPLIED, INCLUDING BUT NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY,
+FITNESS FOR A PARTICULAR PURPOSE AND NONINFRINGEMENT. IN NO EVENT SHALL THE
+AUTHORS OR COPYRIGHT HOLDERS BE LIABLE FOR ANY CLAIM, DAMAGES OR OTHER
+LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM,
+OUT OF OR IN CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE
+SOFTWARE."""
+
+#: The band model's data (docs/band.md): every licence's notice, as each requires.
+BAND_ATTRIBUTION = (
+    "Trained on three collections (the model weights are a derivative of them):\n\n"
+    "- **Freedoom music** (https://github.com/freedoom/freedoom, the MIDI files of musics/ at "
+    "commit d14dbbee and 212 older revisions from its history), BSD 3-clause licence; the "
+    "composers of each piece are listed in the project's CREDITS-MUSIC. The Freedoom project's "
+    "name does not endorse this model. The notice and licence, as they require:\n\n"
+    + "\n".join("    " + ln if ln else "" for ln in _FREEDOOM_BSD.splitlines())
+    + "\n\n- **Groove MIDI Dataset** v1.0.0 (drummers 1, 2, 3, 4, 6, 7), Magenta, Google: Jon "
+    "Gillick, Adam Roberts, Jesse Engel, Douglas Eck, David Bamman, \"Learning to Groove with "
+    "Inverse Sequence Transformations\", ICML 2019 "
+    "(https://magenta.tensorflow.org/datasets/groove); Creative Commons Attribution 4.0 "
+    "International (CC BY 4.0, https://creativecommons.org/licenses/by/4.0/).\n"
+    "- **POP909** songs 001-300 (Wang et al., ISMIR 2020; "
+    "https://github.com/music-x-lab/POP909-Dataset), MIT licence:\n\n"
+    + "\n".join("    " + ln if ln else "" for ln in _POP909_MIT.splitlines())
+    + "\n\n"
+    "Changes made: the MIDI files were converted to mmmtrack tokens in 4-bar windows (tracks "
+    "labelled DRUMS or by General MIDI family), pitched parts of the training windows transposed "
+    "by -5..+6 semitones (drums never), and the pieces in bench/holdout/band.txt left out."
+)
+
+
 def _f(x: float | None, nd: int = 4) -> str:
     return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{nd}f}"
 
@@ -104,6 +172,39 @@ def render_quality(q: dict, curve: list[dict] | None = None) -> list[str]:
     return lines
 
 
+def _intro_chorale(meta: dict) -> list[str]:
+    return [
+        f"# {meta['name']}: the bandmate chorale model",
+        "",
+        "A small GPT-2 that writes four-part chorale music as mmmtrack tokens: it continues the",
+        "bars it is given and adds a voice (SOPRANO, ALTO, TENOR or BASS) to the others.",
+        "It is the model `bandmate generate` and the app use when no model is named.",
+    ]
+
+
+def _intro_band(meta: dict) -> list[str]:
+    return [
+        f"# {meta['name']}: the bandmate band model",
+        "",
+        "A small GPT-2 that writes General MIDI band parts as mmmtrack tokens: it adds a bass,",
+        "drums or any GM family to the parts it is given, and continues them (`--model band`).",
+    ]
+
+
+_LIMITS_CHORALE = [
+    "- Trained only on machine-generated four-part chorales: it knows that style and those",
+    "  four voice labels; other instruments' labels exist in the vocabulary but are untrained.",
+    "- Small and briefly trained (a CPU budget of about an hour); a model trained with",
+    "  `--preset seed` on a GPU will be much better (docs/training.md).",
+]
+_LIMITS_BAND = [
+    "- Little data: about 330 game-music pieces with bass and drums (Freedoom), drum-only",
+    "  grooves and piano-only pop songs; styles far from rock, metal and ambient game music are",
+    "  out of its range. It knows instrument families, not single programs.",
+    "- Small and briefly trained on a CPU; see the quality figures above (bench/quality_band.py).",
+]
+
+
 def render(
     meta: dict,
     summary: dict,
@@ -121,16 +222,18 @@ def render(
     codec = meta["codec"]
     val, uni = meta.get("val_loss"), meta.get("unigram_val_loss")
     counts = manifest.get("counts", {})
+    band = codec.get("label_scheme") == "gm-family"
+    labels_text = (
+        "labels `gm-family` (DRUMS, else the General MIDI family of the track's program)"
+        if band
+        else f"voices {', '.join(codec['voices'])} (tracks labelled by order)"
+    )
     n_params = None
     if m:
         h, n, v, p = m["n_embd"], m["n_layer"], m["vocab_size"], m["n_positions"]
         n_params = 12 * n * h * h + 13 * n * h + (v + p) * h + 2 * h
     lines = [
-        f"# {meta['name']}: the bandmate chorale model",
-        "",
-        "A small GPT-2 that writes four-part chorale music as mmmtrack tokens: it continues the",
-        "bars it is given and adds a voice (SOPRANO, ALTO, TENOR or BASS) to the others.",
-        "It is the model `bandmate generate` and the app use when no model is named.",
+        *(_intro_band(meta) if band else _intro_chorale(meta)),
         "",
         "## Files",
         "",
@@ -141,8 +244,8 @@ def render(
         "",
         attribution,
         "",
-        f"- Prepared with `bandmate prepare`: {codec['bars']}-bar windows, voices "
-        f"{', '.join(codec['voices'])} (tracks labelled by order), {codec['density_bins']} "
+        f"- Prepared with `bandmate prepare`: {codec['bars']}-bar windows, {labels_text}, "
+        f"{codec['density_bins']} "
         f"DENSITY buckets (note-count edges {codec['density_edges']}), meter `{codec['meter']}`.",
         f"- Train: {counts.get('train', {}).get('samples', tr.get('train_samples'))} samples, "
         f"{counts.get('train', {}).get('tokens', tr.get('train_tokens'))} tokens (transposed); "
@@ -151,8 +254,8 @@ def render(
         f"- Files: {manifest.get('files_ok', 'n/a')} of {manifest.get('files_total', 'n/a')} "
         f"used, {manifest.get('files_skipped', 'n/a')} skipped"
         + (
-            f" ({len(manifest['config']['exclude'])} of them held out by content for "
-            "bench/quality.py: `--exclude bench/holdout/jsfakes.txt`)."
+            f" ({len(manifest['config']['exclude'])} of them held out by content for the "
+            "quality benchmark: `bandmate prepare --exclude`, lists in bench/holdout/)."
             if manifest.get("config", {}).get("exclude")
             else "."
         ),
@@ -214,26 +317,32 @@ def render(
         "",
         "## Limits",
         "",
-        "- Trained only on machine-generated four-part chorales: it knows that style and those",
-        "  four voice labels; other instruments' labels exist in the vocabulary but are untrained.",
-        "- Small and briefly trained (a CPU budget of about an hour); a model trained with",
-        "  `--preset seed` on a GPU will be much better (docs/training.md).",
+        *(_LIMITS_BAND if band else _LIMITS_CHORALE),
         "",
     ]
     return "\n".join(lines)
+
+
+def default_attribution(meta: dict) -> str:
+    """The data notice of a model: the band data's for gm-family labels, else the chorales'."""
+    band = meta["codec"].get("label_scheme") == "gm-family"
+    return BAND_ATTRIBUTION if band else JSF_ATTRIBUTION
 
 
 def write_model_card(
     model_dir: str | Path,
     run: str | Path,
     command: str,
-    attribution: str = JSF_ATTRIBUTION,
+    attribution: str | None = None,
     notes: list[str] | None = None,
     quality: dict | None = None,
     curve: list[dict] | None = None,
 ) -> Path:
+    """``attribution`` None: the chorales' or, for a gm-family model, the band data's."""
     model_dir, run = Path(model_dir), Path(run)
     meta = json.loads((model_dir / "bandmate.json").read_text())
+    if attribution is None:
+        attribution = default_attribution(meta)
     summary = json.loads((run / "summary.json").read_text())
     cfg = json.loads((run / "train_config.json").read_text())
     data_dir = Path(json.loads((run / "data_summary.json").read_text()).get("data_dir", ""))

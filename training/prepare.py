@@ -43,7 +43,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +74,8 @@ from bandmate import __version__
 log = logging.getLogger("bandmate.prepare")
 
 FORMATS = ("bin", "text")
+#: How files are put in train or val: by content hash, or by piece (`piece_key`).
+SPLIT_BY = ("content", "piece")
 WORK = ".work"
 #: Fault injection for the crash-isolation test: a worker whose file path contains this
 #: environment variable's value exits abruptly, as a crash in the C++ parser would.
@@ -112,7 +114,17 @@ class PrepareConfig:
         default=(), metadata={"help": "fixed bucket edges instead of training quantiles"}
     )
     voices: tuple[str, ...] = field(default=(), metadata={"help": "label tracks by order"})
-    meter: str = field(default="strict", metadata={"help": "strict or assume-4/4"})
+    meter: str = field(
+        default="strict",
+        metadata={"help": "strict or assume-4/4; or one per source, separated by commas"},
+    )
+    label_scheme: str = field(
+        default="program", metadata={"help": "INST labels: program or gm-family (docs/codec.md)"}
+    )
+    split_by: str = field(
+        default="content",
+        metadata={"help": "train/val by file content, or by piece (the file name, see piece_key)"},
+    )
     shard: tuple[int, int] = field(default=(0, 1), metadata={"help": "this part I of N"})
     format: str = field(default="bin", metadata={"help": "bin (uint16 shards) or text"})
     chunk_files: int = field(default=0, metadata={"help": "files per work unit; 0 = auto"})
@@ -155,8 +167,16 @@ class PrepareConfig:
                 )
             if list(self.density_edges) != sorted(self.density_edges):
                 raise ValueError("density_edges must be ascending")
-        if self.meter not in METERS:
-            raise ValueError(f"meter must be one of {METERS}, got {self.meter!r}")
+        meters = self.meters
+        bad_m = [m for m in meters if m not in METERS]
+        if bad_m:
+            raise ValueError(f"meter must be one of {METERS}, got {bad_m[0]!r}")
+        if len(meters) not in (1, len(self.sources)):
+            raise ValueError(
+                f"meter: one value, or one per source ({len(self.sources)}), got {len(meters)}"
+            )
+        if self.split_by not in SPLIT_BY:
+            raise ValueError(f"split_by must be one of {SPLIT_BY}, got {self.split_by!r}")
         i, n = self.shard
         if not (n >= 1 and 0 <= i < n):
             raise ValueError(f"shard I/N needs 0 <= I < N, got {i}/{n}")
@@ -178,13 +198,25 @@ class PrepareConfig:
         lo, hi = self.transpose
         return tuple(k for k in range(lo, hi + 1) if k != 0)
 
+    @property
+    def meters(self) -> tuple[str, ...]:
+        return tuple(m.strip() for m in self.meter.split(","))
+
+    def meter_of(self, source_index: int) -> str:
+        """The meter files of source ``source_index`` are read with."""
+        m = self.meters
+        return m[source_index] if len(m) > 1 else m[0]
+
     def codec(self, edges: Sequence[float] = ()) -> CodecConfig:
+        """The model's codec (with per-source meters, the first source's meter: the one a
+        prompt is read with)."""
         return CodecConfig(
             bars=self.bars,
             voices=self.voices,
             density_bins=self.density_bins,
             density_edges=tuple(edges),
-            meter=self.meter,
+            meter=self.meters[0],
+            label_scheme=self.label_scheme,
         )
 
     def to_json(self) -> dict:
@@ -384,19 +416,25 @@ def _concat_parts(parts: list[tuple[np.ndarray, ...]], n_orig: int) -> Encoded:
 
 
 @functools.lru_cache(maxsize=8)
-def _codec_vocab(cfg: PrepareConfig) -> tuple[CodecConfig, Vocab]:
+def _codec_vocab(cfg: PrepareConfig, meter: str | None = None) -> tuple[CodecConfig, Vocab]:
     """Built once per run: a Vocab costs more to build than a small file costs to encode."""
     codec = cfg.codec()
     if codec.vocab.size > 0xFFFF:
         raise ValueError(f"a vocabulary of {codec.vocab.size} tokens does not fit in uint16")
+    if meter is not None and meter != codec.meter:
+        codec = replace(codec, meter=meter)
     return codec, codec.vocab
 
 
 def encode_file(
-    src: str | os.PathLike | bytes, cfg: PrepareConfig, augment: bool = True
+    src: str | os.PathLike | bytes,
+    cfg: PrepareConfig,
+    augment: bool = True,
+    meter: str | None = None,
 ) -> Encoded:
-    """All samples of one MIDI file (raises MidiError when the file is unusable)."""
-    codec, vocab = _codec_vocab(cfg)
+    """All samples of one MIDI file (raises MidiError when the file is unusable);
+    ``meter`` overrides the config's (a per-source meter)."""
+    codec, vocab = _codec_vocab(cfg, meter)
     segs = read_segments_arrays(src, codec)
     if not segs:
         raise MidiError(
@@ -425,6 +463,22 @@ def encode_file(
             f"no {cfg.bars}-bar stretch of 4/4 with notes (longest 4/4 stretch: {longest} bars)"
         )
     return _concat_parts(orig + aug, n_orig)
+
+
+_REVISION_PREFIX = re.compile(r"^[0-9a-f]{10}_")
+_LUMP_PREFIX = re.compile(r"^d_")
+_REMIX_SUFFIX = re.compile(r"([-_](remix|remaster))?[-_]*$")
+
+
+def piece_key(path: str) -> str:
+    """The piece a file belongs to, from its name: lower case, no extension, no leading
+    revision prefix of 10 hex digits and '_' (Freedoom's history/ files are
+    ``<blob-prefix>_<original name>``), no Doom lump prefix ``d_`` (older files lack it),
+    no trailing ``-remix``/``_remaster`` or ``_``: every revision of a piece shares one key."""
+    name = path.replace("\\", "/").rsplit("/", 1)[-1].lower()
+    stem = name.rsplit(".", 1)[0] if "." in name else name
+    key = _LUMP_PREFIX.sub("", _REVISION_PREFIX.sub("", stem))
+    return _REMIX_SUFFIX.sub("", key) or key
 
 
 def content_split(digest: bytes, val_fraction: float) -> str:
@@ -531,8 +585,16 @@ def unit_bounds(n_files: int, chunk_files: int = 0) -> list[int]:
     return bounds
 
 
+#: Fields added after prepared folders existed: left out of the hash at their defaults, so a
+#: run started before them resumes.
+_NEW_DEFAULTS = {"label_scheme": "program", "split_by": "content"}
+
+
 def config_hash(cfg: PrepareConfig) -> str:
     d = cfg.to_json()
+    for k, v in _NEW_DEFAULTS.items():
+        if d.get(k) == v:
+            del d[k]
     d["sources"] = [str(Path(s).resolve()) for s in cfg.sources]
     d["version"] = __version__
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
@@ -633,9 +695,14 @@ def _process_file(f: SourceFile, cfg: PrepareConfig) -> FileResult:
     if cfg.exclude and digest.hex() in cfg.exclude:
         # Held out by content, so a copy under another name is held out too.
         return FileResult(f.path, digest.hex(), "train", EXCLUDED_REASON, _empty())
-    split = content_split(digest, cfg.val_fraction)
+    if cfg.split_by == "piece":
+        key = hashlib.blake2b(piece_key(f.path).encode(), digest_size=16).digest()
+        split = content_split(key, cfg.val_fraction)
+    else:
+        split = content_split(digest, cfg.val_fraction)
+    meter = cfg.meter_of(int(f.key.split("/", 1)[0])) if len(cfg.meters) > 1 else None
     try:
-        enc = encode_file(data, cfg, augment=split == "train")
+        enc = encode_file(data, cfg, augment=split == "train", meter=meter)
         reason = None
     except MidiError as e:
         enc, reason = _empty(), str(e)

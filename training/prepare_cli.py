@@ -9,7 +9,7 @@ import argparse
 import logging
 import sys
 
-from bandmate.models.config import BAR_CHOICES, METERS
+from bandmate.models.config import BAR_CHOICES, LABEL_SCHEMES, METERS
 
 log = logging.getLogger("bandmate.prepare")
 
@@ -30,6 +30,16 @@ def _transpose(text: str) -> tuple[int, int]:
 
 def _shard(text: str) -> tuple[int, int]:
     return _pair(text, "/", "--shard")
+
+
+def _meter(text: str) -> str:
+    words = [w.strip() for w in text.split(",")]
+    bad = [w for w in words if w not in METERS]
+    if bad:
+        raise argparse.ArgumentTypeError(
+            f"--meter: each value must be one of {', '.join(METERS)}, got {bad[0]!r}"
+        )
+    return ",".join(words)
 
 
 def _words(text: str) -> tuple[str, ...]:
@@ -103,9 +113,26 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--meter",
-        choices=METERS,
+        type=_meter,
         default="strict",
-        help="strict: only bars in 4/4; assume-4/4: ignore time signatures",
+        metavar="METER[,METER..]",
+        help="strict: only bars in 4/4; assume-4/4: ignore time signatures; or one per SRC "
+        "separated by commas (e.g. strict,assume-4/4 for a source whose signatures lie)",
+    )
+    parser.add_argument(
+        "--labels",
+        choices=LABEL_SCHEMES,
+        default="program",
+        help="INST labels: program (voice names from --voices or track names, else the GM "
+        "program: the chorale models) or gm-family (DRUMS, else the GM family: band material); "
+        "docs/codec.md",
+    )
+    parser.add_argument(
+        "--split-by",
+        choices=("content", "piece"),
+        default="content",
+        help="train/val split by file content, or by piece (the file name without a leading "
+        "10-hex-digit revision prefix: all revisions of a piece on one side)",
     )
     parser.add_argument(
         "--exclude",
@@ -156,6 +183,8 @@ def run(args: argparse.Namespace) -> int:
             density_edges=args.density_edges,
             voices=args.voices,
             meter=args.meter,
+            label_scheme=args.labels,
+            split_by=args.split_by,
             shard=args.shard,
             format=args.format,
             chunk_files=args.chunk_files,

@@ -6,13 +6,15 @@ import argparse
 import logging
 import sys
 
+from bandmate.models.registry import MODEL_HELP
+
 log = logging.getLogger(__name__)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("midi", nargs="?", help="a MIDI file to open as the prompt")
-    parser.add_argument("--model", default=None, help="an exported model folder (default: "
-                        "the last one used, else the shipped model)")  # fmt: skip
+    parser.add_argument("--model", default=None, help=MODEL_HELP + " (default: the last one "
+                        "used, else default)")  # fmt: skip
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     parser.add_argument(
         "--screenshot", default=None, metavar="PNG",

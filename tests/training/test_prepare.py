@@ -617,3 +617,36 @@ def test_exclude_leaves_out_files_by_content_under_any_name(tmp_path, capsys):
     assert "no digests" in capsys.readouterr().err
     with pytest.raises(ValueError, match="32 hex"):
         PrepareConfig(sources=("x",), exclude=("not-a-digest",))
+
+
+def test_band_corpus_options(tmp_path):
+    """gm-family labels, a meter per source, and a train/val split by piece name."""
+    from bandmate.training.prepare import _process_file, piece_key
+
+    assert piece_key("history/1223d6cb0b_d_intro.mid") == piece_key("current/D_INTRO.MID")
+    assert piece_key("a/someone_hates_you_remaster.mid") == piece_key("someone_hates_you_.mid")
+    assert piece_key("x/1_funk_80_beat_4-4.mid") == "1_funk_80_beat_4-4"
+    strict, free = tmp_path / "strict", tmp_path / "free"
+    strict.mkdir()
+    free.mkdir()
+    _waltz(free / "waltz.mid")  # 3/4 on paper: read only under assume-4/4
+    band = random_piece(5)
+    write_midi(band, strict / "d_tune.mid")
+    (strict / "0123456789_d_tune.mid").write_bytes((strict / "d_tune.mid").read_bytes() + b"\0")
+    out = tmp_path / "out"
+    argv = [strict, free, "-o", out, "--labels", "gm-family", "--split-by", "piece"]
+    assert run_cli(*argv, "--meter", "strict,assume-4/4", "--val-fraction", "0.5") == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["files_ok"] == 3 and m["codec"]["label_scheme"] == "gm-family"
+    assert m["codec"]["meter"] == "strict"  # the first source's: what prompts are read with
+    assert set(m["labels_seen"]) <= {"DRUMS"} | {str(p) for p in range(0, 128, 8)}
+    # Both revisions of the tune on one side of the split, whichever side it is.
+    cfg = PrepareConfig.from_json(m["config"])
+    splits = {}
+    for f in list_sources(cfg.sources):
+        splits.setdefault(piece_key(f.path), set()).add(_process_file(f, cfg).split)
+    assert set(splits) == {"tune", "waltz"} and len(splits["tune"]) == 1
+    with pytest.raises(ValueError, match="one per source"):
+        PrepareConfig(sources=("a", "b", "c"), meter="strict,assume-4/4")
+    with pytest.raises(ValueError, match="split_by"):
+        PrepareConfig(sources=("a",), split_by="name")

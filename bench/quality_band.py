@@ -1,0 +1,429 @@
+"""Musical quality of a band model on held-out Freedoom pieces: add bass, add drums, continue.
+
+Windows: 4-bar windows (hop 4) of the held-out pieces (bench/holdout/band.txt, one file per
+piece: the first listed, current/ before history/) where a GM bass (programs 32-39) and the
+drums both play in every bar and another pitched part plays; chosen round-robin over the
+pieces with the seed. Each task is scored for the model (through the public generation API,
+as the app calls it), for the piece's own part, and for random pitches on the real rhythm:
+
+- bass (add a bass to the other parts, drums included): the share of the bass's onsets whose
+  pitch class sounds in the other pitched parts at that step ("chord tones"; onsets where no
+  other pitched part sounds are not counted);
+- drums (add drums to the band without its drums): bars with hits; bars with a kick (35/36)
+  on beat 1; beats 2 and 4 with a snare or clap (38/39/40); hits on the 16th grid (1.0 for
+  anything decoded from tokens: a check) and on the 8th grid (straight time);
+- continue (4 new bars after the window): the share of new pitched notes in the key of the
+  prompt (Krumhansl-Schmuckler estimate over the prompt's pitched notes, weighted by length;
+  major or natural minor scale) and copying: the share of new pitched notes whose (track,
+  pitch, step in bar) occurs in the prompt. "own" is the piece's real next 4 bars.
+
+Success: the call returned and the new part/bars have notes; repairs: what the codec's
+decoder had to repair in every token window the engine wrote (0 under the grammar).
+
+Usage: python bench/quality_band.py --model band --n 40 --seed 0 [--out FILE]
+It runs against any model folder; the JSON figures are on the last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from bandmate.models.types import DRUM_CHANNEL, STEPS_PER_BAR, Note, Piece, Track
+
+ROOT = Path(__file__).resolve().parents[1]
+HOLDOUT = ROOT / "bench/holdout/band.txt"
+DATA = ROOT.parent / "shared/data/freedoom"
+BARS = 4
+BASS_PROGRAMS = range(32, 40)
+KICKS, SNARES = (35, 36), (38, 39, 40)
+MAJOR = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
+MINOR = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
+SCALES = {"major": (0, 2, 4, 5, 7, 9, 11), "minor": (0, 2, 3, 5, 7, 8, 10)}
+
+log = logging.getLogger("bench.quality_band")
+
+
+# ------------------------------------------------------------------------- held-out windows
+
+
+def holdout_files(holdout: Path = HOLDOUT, data: Path = DATA) -> list[Path]:
+    """One file per held-out piece: the first path listed after each '# piece' line (every
+    listed file when the list has no piece headers)."""
+    lines = holdout.read_text(encoding="utf-8").splitlines()
+    by_piece = any(ln.startswith("# piece") for ln in lines)
+    out: list[Path] = []
+    take = True
+    for line in lines:
+        if line.startswith("# piece"):
+            take = True
+            continue
+        words = line.split("#", 1)[0].split()
+        if len(words) >= 2 and take:
+            out.append(data / words[1])
+            take = not by_piece
+    return out
+
+
+def is_bass(t: Track) -> bool:
+    return not t.is_drum and t.program in BASS_PROGRAMS
+
+
+def _bars_with_onsets(t: Track, bars: int) -> np.ndarray:
+    have = np.zeros(bars, bool)
+    for n in t.notes:
+        if n.start // STEPS_PER_BAR < bars:
+            have[n.start // STEPS_PER_BAR] = True
+    return have
+
+
+def band_windows(piece: Piece, need_next: bool = True) -> list[int]:
+    """First bars of the 4-bar windows (hop 4) where a bass and drums play in every bar and
+    another pitched part plays; with ``need_next`` only windows followed by 4 more bars."""
+    out = []
+    span = 2 * BARS if need_next else BARS
+    for b in range(0, piece.bars - span + 1, BARS):
+        w = piece.slice_bars(b, BARS)
+        bass = [t for t in w.tracks if is_bass(t)]
+        drums = [t for t in w.tracks if t.is_drum]
+        other = [t for t in w.tracks if not t.is_drum and not is_bass(t) and t.notes]
+        if not (bass and drums and other):
+            continue
+        if all(
+            any(_bars_with_onsets(t, BARS)[i] for t in bass)
+            and any(_bars_with_onsets(t, BARS)[i] for t in drums)
+            for i in range(BARS)
+        ):
+            out.append(b)
+    return out
+
+
+def pick_windows(
+    files: Sequence[Path], config, n: int, seed: int
+) -> list[tuple[str, Piece, int]]:
+    """Up to ``n`` (file name, whole stretch, first bar), round-robin over the files."""
+    from bandmate.models.midi_io import MidiError, read_midi_segments
+
+    rng = np.random.default_rng(seed)
+    per_file: list[list[tuple[str, Piece, int]]] = []
+    for f in files:
+        try:
+            segs = read_midi_segments(f, config)
+        except (MidiError, OSError) as e:
+            log.warning("%s: %s", f, e)
+            continue
+        wins = [(f.name, seg, b) for seg in segs for b in band_windows(seg)]
+        if wins:
+            rng.shuffle(wins)
+            per_file.append(wins)
+    out: list[tuple[str, Piece, int]] = []
+    k = 0
+    while len(out) < n and any(k < len(w) for w in per_file):
+        out += [w[k] for w in per_file if k < len(w)]
+        k += 1
+    return out[:n]
+
+
+# ------------------------------------------------------------------------------ metrics
+
+
+def sounding_pcs(tracks: Sequence[Track], step: int) -> set[int]:
+    return {n.pitch % 12 for t in tracks for n in t.notes if n.start <= step < n.end}
+
+
+def chord_tone_rate(bass: Sequence[Note], others: Sequence[Track]) -> tuple[int, int]:
+    """(onsets whose pitch class sounds in ``others``, onsets where something sounds)."""
+    hit = counted = 0
+    for n in bass:
+        pcs = sounding_pcs(others, n.start)
+        if pcs:
+            counted += 1
+            hit += n.pitch % 12 in pcs
+    return hit, counted
+
+
+def drum_figures(notes: Sequence[Note], bars: int) -> dict[str, int]:
+    """Counts: bars, bars with hits, kicks on 1, backbeats (of 2 * bars), hits, on 16th/8th."""
+    on1 = np.zeros(bars, bool)
+    hits_bar = np.zeros(bars, bool)
+    back = set()
+    for n in notes:
+        bar, pos = divmod(n.start, STEPS_PER_BAR)
+        if bar >= bars:
+            continue
+        hits_bar[bar] = True
+        if pos == 0 and n.pitch in KICKS:
+            on1[bar] = True
+        if pos in (4, 12) and n.pitch in SNARES:
+            back.add((bar, pos))
+    starts = [n.start for n in notes]
+    return {
+        "bars": bars,
+        "bars_with_hits": int(hits_bar.sum()),
+        "kick_on_1": int(on1.sum()),
+        "backbeats": len(back),
+        "hits": len(starts),
+        "on_16th": len(starts),  # decoded notes are on the 16th grid by construction
+        "on_8th": sum(1 for s in starts if s % 2 == 0),
+    }
+
+
+def estimate_key(tracks: Sequence[Track]) -> tuple[int, str]:
+    """Krumhansl-Schmuckler: (tonic pitch class, "major"/"minor") of the pitched notes."""
+    hist = np.zeros(12)
+    for t in tracks:
+        if not t.is_drum:
+            for n in t.notes:
+                hist[n.pitch % 12] += n.end - n.start
+    best, key = -2.0, (0, "major")
+    if hist.sum() == 0:
+        return key
+    for mode, prof in (("major", MAJOR), ("minor", MINOR)):
+        for tonic in range(12):
+            r = float(np.corrcoef(hist, np.roll(prof, tonic))[0, 1])
+            if r > best:
+                best, key = r, (tonic, mode)
+    return key
+
+
+def in_key_and_copy(prompt: Piece, new: Sequence[tuple[int, Note]]) -> tuple[int, int, int]:
+    """(new pitched notes in the prompt's key, copied from the prompt, all new pitched notes);
+    ``new`` holds (track index, note) with times relative to the new bars."""
+    tonic, mode = estimate_key(prompt.tracks)
+    scale = {(tonic + d) % 12 for d in SCALES[mode]}
+    seen = {
+        (i, n.pitch, n.start % STEPS_PER_BAR)
+        for i, t in enumerate(prompt.tracks)
+        if not t.is_drum
+        for n in t.notes
+    }
+    in_key = copied = total = 0
+    for i, n in new:
+        if prompt.tracks[i].is_drum:
+            continue
+        total += 1
+        in_key += n.pitch % 12 in scale
+        copied += (i, n.pitch, n.start % STEPS_PER_BAR) in seen
+    return in_key, copied, total
+
+
+def _random_pitches(notes: Sequence[Note], lo: int, hi: int, rng) -> list[Note]:
+    return [Note(n.start, int(rng.integers(lo, hi + 1)), n.end) for n in notes]
+
+
+def _repairs(session, done_stats: dict) -> int:
+    from bandmate.models.codec import decode
+
+    return sum(len(decode(w, session.config).repairs) for w in done_stats.get("tokens", []))
+
+
+class _Tally:
+    """Sums of counts per (task, who); rates at the end."""
+
+    def __init__(self) -> None:
+        self.c: dict[str, dict[str, dict[str, float]]] = {}
+
+    def add(self, task: str, who: str, **counts: float) -> None:
+        d = self.c.setdefault(task, {}).setdefault(who, {})
+        for k, v in counts.items():
+            d[k] = d.get(k, 0) + v
+
+    def get(self, task: str, who: str, key: str) -> float:
+        return self.c.get(task, {}).get(who, {}).get(key, 0)
+
+
+def _rate(a: float, b: float) -> float | None:
+    return round(a / b, 4) if b else None
+
+
+# ------------------------------------------------------------------------------ the bench
+
+
+def _run_task(session, fn, tally: _Tally, task: str) -> object | None:
+    from bandmate.models import generate as G
+
+    try:
+        events = list(fn())
+    except G.GenerationError as e:
+        log.warning("%s failed: %s", task, e)
+        tally.add(task, "model", tries=1)
+        return None
+    done = events[-1]
+    tally.add(task, "model", tries=1, repairs=_repairs(session, done.stats))
+    return done
+
+
+def band_quality(
+    model_dir: str | Path | None,
+    n: int = 40,
+    seed: int = 0,
+    holdout: Path = HOLDOUT,
+    data: Path = DATA,
+    temperature: float = 1.0,
+) -> dict:
+    """The figures of the module docstring for ``n`` held-out windows (model_dir: a folder or
+    a shipped model's name; None = the default model)."""
+    from bandmate.models import generate as G
+    from bandmate.models.sampler import SamplingConfig
+    from bandmate.models.session import ModelSession
+
+    t0 = time.perf_counter()
+    session = ModelSession.load(model_dir)
+    config = replace(session.config, meter="strict")
+    files = holdout_files(holdout, data)
+    windows = pick_windows(files, config, n, seed)
+    rng = np.random.default_rng(seed)
+    tally = _Tally()
+    for k, (name, seg, b) in enumerate(windows):
+        win = seg.slice_bars(b, BARS)
+        nxt = seg.slice_bars(b + BARS, BARS)
+        keep = [i for i, t in enumerate(win.tracks) if t.notes]
+        tracks = [win.tracks[i] for i in keep]
+        bass_i = max((i for i, t in enumerate(tracks) if is_bass(t)),
+                     key=lambda i: len(tracks[i].notes))  # fmt: skip
+        own_bass = tracks[bass_i]
+        others = [t for t in tracks if not t.is_drum and not is_bass(t)]
+        drums = [t for t in tracks if t.is_drum]
+        sampling = SamplingConfig(seed=seed * 100_003 + k, temperature=temperature)
+        log.info("window %d/%d: %s bars %d-%d", k + 1, len(windows), name, b, b + BARS - 1)
+
+        # Add bass: every bass-family track out, the rest (drums too) as the prompt.
+        prompt = replace(win, tracks=tuple(t for t in tracks if not is_bass(t)))
+        done = _run_task(
+            session,
+            lambda p=prompt, s=sampling: G.stream_add_track(session, p, "bass", sampling=s),
+            tally,
+            "bass",
+        )
+        if done is not None:
+            new = done.piece.tracks[-1].notes
+            ok = bool(new) and len(done.piece.tracks) == len(prompt.tracks) + 1
+            h, c = chord_tone_rate(new, others)
+            tally.add("bass", "model", ok=ok, hit=h, counted=c, notes=len(new))
+        h, c = chord_tone_rate(own_bass.notes, others)
+        tally.add("bass", "own", hit=h, counted=c, notes=len(own_bass.notes))
+        rnd = _random_pitches(own_bass.notes, 28, 55, rng)
+        h, c = chord_tone_rate(rnd, others)
+        tally.add("bass", "random", hit=h, counted=c, notes=len(rnd))
+
+        # Add drums to the band without its drums.
+        prompt = replace(win, tracks=tuple(t for t in tracks if not t.is_drum))
+        done = _run_task(
+            session,
+            lambda p=prompt, s=sampling: G.stream_add_track(session, p, "drums", sampling=s),
+            tally,
+            "drums",
+        )
+        if done is not None:
+            new_t = done.piece.tracks[-1]
+            ok = bool(new_t.notes) and new_t.channel == DRUM_CHANNEL
+            tally.add("drums", "model", ok=ok, **drum_figures(new_t.notes, BARS))
+        own_notes = sorted(n for t in drums for n in t.notes)
+        tally.add("drums", "own", **drum_figures(own_notes, BARS))
+        rnd = _random_pitches(own_notes, 35, 81, rng)
+        tally.add("drums", "random", **drum_figures(rnd, BARS))
+
+        # Continue 4 bars.
+        prompt = replace(win, tracks=tuple(tracks))
+        done = _run_task(
+            session,
+            lambda p=prompt, s=sampling: G.stream_continue(session, p, BARS, sampling=s),
+            tally,
+            "continue",
+        )
+        if done is not None:
+            lo = BARS * STEPS_PER_BAR
+            new = [
+                (i, Note(n.start - lo, n.pitch, n.end - lo))
+                for i, t in enumerate(done.piece.tracks[: len(tracks)])
+                for n in t.notes
+                if n.start >= lo
+            ]
+            ok = done.piece.bars == 2 * BARS and bool(new)
+            ik, cp, tot = in_key_and_copy(prompt, new)
+            tally.add("continue", "model", ok=ok, in_key=ik, copied=cp, notes=tot)
+        own_new = [(j, n) for j, i in enumerate(keep) for n in nxt.tracks[i].notes]
+        ik, cp, tot = in_key_and_copy(prompt, own_new)
+        tally.add("continue", "own", in_key=ik, copied=cp, notes=tot)
+        rnd_new = []
+        for i, n in own_new:
+            ps = [m.pitch for m in tracks[i].notes] or [60]
+            rnd_new.append((i, Note(n.start, int(rng.integers(min(ps), max(ps) + 1)), n.end)))
+        ik, cp, tot = in_key_and_copy(prompt, rnd_new)
+        tally.add("continue", "random", in_key=ik, copied=cp, notes=tot)
+
+    def who(task: str, w: str) -> dict:
+        g = lambda key: tally.get(task, w, key)  # noqa: E731
+        if task == "bass":
+            out = {"chord_tones": _rate(g("hit"), g("counted")), "notes": int(g("notes"))}
+        elif task == "drums":
+            bars = g("bars")
+            out = {
+                "bars_with_hits": _rate(g("bars_with_hits"), bars),
+                "kick_on_1": _rate(g("kick_on_1"), bars),
+                "backbeat": _rate(g("backbeats"), 2 * bars),
+                "on_16th": _rate(g("on_16th"), g("hits")),
+                "on_8th": _rate(g("on_8th"), g("hits")),
+                "hits": int(g("hits")),
+            }
+        else:
+            out = {
+                "in_key": _rate(g("in_key"), g("notes")),
+                "copying": _rate(g("copied"), g("notes")),
+                "notes": int(g("notes")),
+            }
+        if w == "model":
+            out["success"] = _rate(g("ok"), g("tries"))
+            out["repairs"] = int(g("repairs"))
+        return out
+
+    return {
+        "model": session.name,
+        "model_dir": str(session.path),
+        "label_scheme": session.config.label_scheme,
+        "windows": len(windows),
+        "pieces": len({w[0] for w in windows}),
+        "seed": seed,
+        "temperature": temperature,
+        **{
+            task: {w: who(task, w) for w in ("model", "own", "random")}
+            for task in ("bass", "drums", "continue")
+        },
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="band", help="a shipped model's name or a model folder")
+    ap.add_argument("--n", type=int, default=40, help="held-out windows")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--holdout", type=Path, default=HOLDOUT)
+    ap.add_argument("--data", type=Path, default=DATA, help="the Freedoom folder")
+    ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
+    try:
+        res = band_quality(args.model, args.n, args.seed, args.holdout, args.data,
+                           args.temperature)  # fmt: skip
+    except (OSError, ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    text = json.dumps(res)
+    if args.out:
+        args.out.write_text(json.dumps(res, indent=1) + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

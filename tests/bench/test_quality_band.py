@@ -1,0 +1,79 @@
+"""bench/quality_band.py on a random-weight gm-family model and a synthetic band file."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+from pathlib import Path
+
+from bandmate.models.midi_io import write_midi
+from bandmate.models.types import DRUM_CHANNEL, Note, Piece, Track
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("quality_band", ROOT / "bench/quality_band.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _band(bars: int = 12) -> Piece:
+    """Drums (kick on 1 and 3, snare on 2 and 4), a C-major guitar riff, a bass on roots."""
+    drums, gtr, bass = [], [], []
+    for b in range(bars):
+        o = 16 * b
+        drums += [Note(o, 36, o + 1), Note(o + 8, 36, o + 9), Note(o + 4, 38, o + 5),
+                  Note(o + 12, 38, o + 13)]  # fmt: skip
+        root = (48, 53, 55, 48)[b % 4]
+        gtr += [Note(o, root + 12, o + 8), Note(o, root + 16, o + 8),
+                Note(o + 8, root + 19, o + 16)]  # fmt: skip
+        bass += [Note(o, root - 12, o + 8), Note(o + 8, root - 5, o + 16)]
+    return Piece(
+        (
+            Track("DRUMS", tuple(drums), 0, DRUM_CHANNEL, "Drums"),
+            Track("29", tuple(sorted(gtr)), 29, 0, "Guitar"),
+            Track("33", tuple(bass), 33, 1, "Bass"),
+        ),
+        bars,
+        120.0,
+    )
+
+
+def test_band_quality_runs_on_any_model(band_model_dir, tmp_path):
+    qb = _bench()
+    data = tmp_path / "freedoom"
+    (data / "current").mkdir(parents=True)
+    path = data / "current/d_song.mid"
+    write_midi(_band(), path)
+    digest = hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
+    holdout = tmp_path / "band.txt"
+    holdout.write_text(f"# test\n# piece song\n{digest}  current/d_song.mid\n")
+    assert qb.holdout_files(holdout, data) == [path]
+    res = qb.band_quality(band_model_dir, n=2, seed=1, holdout=holdout, data=data)
+    assert res["windows"] == 2 and res["label_scheme"] == "gm-family"
+    # The real parts score as written: bass on chord tones, kick on 1, snare on 2 and 4.
+    assert res["bass"]["own"]["chord_tones"] == 1.0
+    assert res["drums"]["own"]["kick_on_1"] == 1.0 and res["drums"]["own"]["backbeat"] == 1.0
+    assert res["continue"]["own"]["in_key"] == 1.0 and res["continue"]["own"]["copying"] == 1.0
+    for task in ("bass", "drums", "continue"):
+        m = res[task]["model"]
+        assert m["repairs"] == 0 and 0.0 <= (m["success"] or 0.0) <= 1.0
+    out = tmp_path / "q.json"
+    argv = ["--model", str(band_model_dir), "--n", "1", "--holdout", str(holdout),
+            "--data", str(data), "--out", str(out)]  # fmt: skip
+    assert qb.main(argv) == 0
+    assert json.loads(out.read_text())["windows"] == 1
+
+
+def test_metrics_by_hand():
+    qb = _bench()
+    others = [Track("0", (Note(0, 60, 16), Note(0, 64, 16)), 0, 0)]
+    assert qb.chord_tone_rate([Note(0, 36, 4), Note(4, 38, 8), Note(16, 40, 20)], others) == (1, 2)
+    figs = qb.drum_figures([Note(0, 36, 1), Note(4, 38, 5), Note(13, 42, 14)], 1)
+    assert (figs["kick_on_1"], figs["backbeats"], figs["on_8th"], figs["hits"]) == (1, 1, 2, 3)
+    cmaj = [Track("0", tuple(Note(i * 2, p, i * 2 + 2) for i, p in enumerate(
+        [60, 62, 64, 65, 67, 69, 71, 72, 60, 64, 67])), 0, 0)]  # fmt: skip
+    assert qb.estimate_key(cmaj) == (0, "major")

@@ -1,0 +1,34 @@
+"""MODEL_CARD.md text for the two kinds of model: chorale (program labels) and band."""
+
+from __future__ import annotations
+
+from bandmate.training.model_card import JSF_ATTRIBUTION, default_attribution, render
+
+MODEL = {"n_embd": 64, "n_layer": 2, "n_head": 2, "vocab_size": 418, "n_positions": 128}
+
+
+def _meta(scheme: str | None) -> dict:
+    codec = {"bars": 4, "voices": [], "density_bins": 4, "density_edges": [14, 28, 53],
+             "meter": "strict"}  # fmt: skip
+    if scheme:
+        codec["label_scheme"] = scheme
+    else:
+        codec["voices"] = ["SOPRANO", "ALTO", "TENOR", "BASS"]
+    return {"name": "m", "model": MODEL, "codec": codec}
+
+
+def test_band_card_carries_every_licence():
+    meta = _meta("gm-family")
+    text = render(meta, {}, {}, {}, {"model.int8.onnx": 1}, "cmd", default_attribution(meta))
+    assert "the bandmate band model" in text and "gm-family" in text
+    for must in ("Contributors to the Freedoom project", "Neither the name of the Freedoom",
+                 "CC BY 4.0", "Gillick", "Copyright (c) 2020 Music X Lab",
+                 "permission notice shall be included", "bench/holdout/band.txt"):  # fmt: skip
+        assert must in text, must
+
+
+def test_chorale_card_unchanged():
+    meta = _meta(None)
+    assert default_attribution(meta) is JSF_ATTRIBUTION
+    text = render(meta, {}, {}, {}, {"model.int8.onnx": 1}, "cmd", JSF_ATTRIBUTION)
+    assert "the bandmate chorale model" in text and "SOPRANO, ALTO, TENOR, BASS" in text
