@@ -58,21 +58,75 @@ def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarr
     return np.random.default_rng([seed, epoch]).permutation(n).astype(np.int64)
 
 
-def pack(lengths: np.ndarray, order: np.ndarray, block: int) -> list[np.ndarray]:
-    """Greedy packing: consecutive samples of ``order`` per block, never split, never reordered."""
-    blocks: list[np.ndarray] = []
-    cur: list[int] = []
-    used = 0
-    for i in order.tolist():
-        n = min(int(lengths[i]), block)
-        if cur and used + n > block:
-            blocks.append(np.asarray(cur, np.int64))
-            cur, used = [], 0
-        cur.append(i)
-        used += n
-    if cur:
-        blocks.append(np.asarray(cur, np.int64))
-    return blocks
+class Blocks:
+    """The blocks of one epoch, compactly: ``order`` (sample ids in packing order) cut at
+    ``bounds`` (block b is ``order[bounds[b]:bounds[b + 1]]``), plus each block's real
+    (non-pad) token count. A sequence of int64 arrays, like a list of blocks, at 8 bytes a
+    sample instead of a Python object per block (100 M samples: 0.8 GB, not ~10 GB)."""
+
+    __slots__ = ("bounds", "order", "tokens")
+
+    def __init__(self, order: np.ndarray, bounds: np.ndarray, tokens: np.ndarray) -> None:
+        self.order, self.bounds, self.tokens = order, bounds, tokens
+
+    def __len__(self) -> int:
+        return len(self.bounds) - 1
+
+    def __getitem__(self, b: int) -> np.ndarray:
+        if not -len(self) <= b < len(self):
+            raise IndexError(f"block {b} of {len(self)}")
+        b %= len(self)
+        return self.order[self.bounds[b] : self.bounds[b + 1]]
+
+    def __iter__(self):
+        for b in range(len(self)):
+            yield self.order[self.bounds[b] : self.bounds[b + 1]]
+
+
+def pack_bounds(clipped: np.ndarray, block: int) -> np.ndarray:
+    """Where greedy packing cuts a run of item sizes (each <= ``block``): the start index of
+    every block, then ``len(clipped)``.
+
+    Vectorised: with prefix sums C, the block that starts at item s ends before the first item
+    t with C[t + 1] - C[s] > block: one ``searchsorted`` gives that successor for every s.
+    The blocks are the chain 0, nxt[0], nxt[nxt[0]], ... (what the greedy loop visits),
+    unrolled by pointer doubling: after k rounds ``chain`` holds its first 2**k links and
+    ``jump`` maps every item 2**k links ahead, so the whole chain takes log2(blocks) rounds
+    of array gathers instead of one Python iteration per sample.
+    """
+    n = len(clipped)
+    if n == 0:
+        return np.zeros(1, np.int64)
+    idx = np.int32 if n < 2**31 - 1 else np.int64
+    csum = np.zeros(n + 1, np.int64)
+    np.cumsum(clipped, out=csum[1:])
+    # nxt[s]: one past the last item that still fits in a block started at s (>= s + 1,
+    # since every size is <= block); nxt[n] = n, the end.
+    jump = np.searchsorted(csum, csum[:-1] + block, side="right").astype(idx) - 1
+    del csum
+    jump = np.append(jump, idx(n))
+    chain = np.zeros(1, idx)
+    while chain[-1] < n:
+        chain = np.concatenate([chain, jump[chain]])
+        if chain[-1] >= n:
+            break
+        jump = jump[jump]
+    end = int(np.searchsorted(chain, n))  # chain is increasing up to n, then n repeats
+    return np.append(chain[:end], n).astype(np.int64)
+
+
+def pack(lengths: np.ndarray, order: np.ndarray, block: int) -> Blocks:
+    """Greedy packing: consecutive samples of ``order`` per block, never split, never reordered.
+
+    A sample goes into the current block if it fits (its length cut to ``block``), else it
+    starts the next one; the result is a `Blocks` (a sequence of sample-id arrays).
+    """
+    order = np.asarray(order, np.int64)
+    clipped = np.minimum(np.asarray(lengths, np.int64)[order], block)
+    bounds = pack_bounds(clipped, block)
+    csum = np.zeros(len(clipped) + 1, np.int64)
+    np.cumsum(clipped, out=csum[1:])
+    return Blocks(order, bounds, np.diff(csum[bounds]))
 
 
 def move_track_last(tokens: np.ndarray, k: int) -> np.ndarray:
@@ -158,13 +212,14 @@ class PackedEpochs:
         self.lengths = sample_lengths(self.split)
         self.truncated = int((self.lengths > self.block).sum())
         self._epoch = -1
-        self._blocks: list[np.ndarray] = []
+        self._blocks = Blocks(np.zeros(0, np.int64), np.zeros(1, np.int64), np.zeros(0, np.int64))
 
     @property
     def per_step(self) -> int:
         return self.micro * self.accum * self.world
 
-    def blocks(self, epoch: int) -> list[np.ndarray]:
+    def blocks(self, epoch: int) -> Blocks:
+        """The packed blocks of ``epoch``: computed once per epoch (and kept until the next)."""
         if epoch != self._epoch:
             order = epoch_order(len(self.lengths), self.seed, epoch, self.shuffle)
             self._blocks = pack(self.lengths, order, self.block)
@@ -183,11 +238,14 @@ class PackedEpochs:
         """
         blocks = self.blocks(epoch)
         start = step_in_epoch * self.per_step
-        n = 0
-        for b in blocks[start : start + self.per_step]:
-            real = min(int(np.minimum(self.lengths[b], self.block).sum()), self.block)
-            n += real - 1  # the first token of a block is never a target
-        return n
+        ids = self._wrap(blocks, np.arange(start, start + self.per_step))
+        return int((blocks.tokens[ids] - 1).sum())  # a block's first token is never a target
+
+    @staticmethod
+    def _wrap(blocks: Blocks, ids: np.ndarray) -> np.ndarray:
+        """Block ids of a step; an epoch that packs into fewer blocks than epoch 0 (whose
+        count fixes the steps per epoch) takes the missing ones from its own start."""
+        return np.asarray(ids, np.int64) % max(len(blocks), 1)
 
     def step_batches(self, epoch: int, step_in_epoch: int) -> list[tuple[np.ndarray, list]]:
         """This rank's micro-batches for one optimizer step: (ids [micro, block], sample ids)."""
@@ -196,7 +254,10 @@ class PackedEpochs:
         out = []
         for a in range(self.accum):
             base = start + a * self.micro * self.world
-            mine = [blocks[base + self.rank + self.world * j] for j in range(self.micro)]
+            mine = [
+                blocks[int(b)]
+                for b in self._wrap(blocks, base + self.rank + self.world * np.arange(self.micro))
+            ]
             ids = np.stack(
                 [
                     build_block(self.split, s, self.block, self.reorder, (self.seed, epoch))
@@ -205,6 +266,15 @@ class PackedEpochs:
             )
             out.append((ids, [s.tolist() for s in mine]))
         return out
+
+
+def eval_blocks(n_blocks: int, batches: int, micro: int, world: int, rank: int) -> list:
+    """This rank's validation micro-batches: block ids of the first ``batches * micro`` blocks
+    (all ranks together, so validation sees the same samples whatever the number of
+    processes), dealt round-robin to the ranks and cut into micro-batches of ``micro``."""
+    total = min(batches * micro, n_blocks)
+    mine = np.arange(rank, total, world)
+    return [mine[i : i + micro] for i in range(0, len(mine), micro)]
 
 
 def fingerprint(sample_lists: list[list[list[int]]]) -> int:
