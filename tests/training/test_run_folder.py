@@ -9,16 +9,16 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from bandmate.cli import main as cli_main
 from bandmate.training import run_io
 from bandmate.training.export import CHORALE_CODEC
 from bandmate.training.synthetic import write_synthetic_data
 from bandmate.training.train import TrainConfig, train
+
+from bandmate.cli import main as cli_main
 
 
 @pytest.fixture(scope="module")
