@@ -210,3 +210,43 @@ def test_rank0_decides_the_resume_step_and_unshared_run_folders_stop(tmp_path):
     assert r0["resumed"] == r1["resumed"] == 7
     assert all("1 of 2 processes cannot read" in r["broken"] for r in (r0, r1))
     assert "step-0000007" in r0["broken"]
+
+
+_NEW_FILES = ("config.json", "generation_config.json", "tokenizer_config.json", "codec.json")
+
+
+def test_runs_of_the_older_layout_resume_and_export_and_any_model_folder_exports(
+    finished_run, data_dir, tmp_path
+):
+    import shutil
+
+    from bandmate.training.export import load_run_model
+
+    main = cli_main
+
+    # The layout written before this version: model_config.json, four files a checkpoint.
+    old = tmp_path / "old"
+    shutil.copytree(finished_run, old)
+    for name in (*_NEW_FILES[:3], "model.safetensors", "job.json"):
+        (old / name).unlink(missing_ok=True)
+    for ck in (old / "checkpoints").glob("step-*"):
+        for name in (*_NEW_FILES, "tokenizer.json"):
+            (ck / name).unlink()
+    ref, _ = load_run_model(finished_run)
+    model, state = load_run_model(old)
+    assert state["step"] == 10
+    for a, b in zip(ref.state_dict().values(), model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert main(["export", str(old), "-o", str(tmp_path / "m_old"), "--no-kv"]) == 0
+    # A checkpoint folder copied anywhere is a model folder export takes as it is.
+    hf = tmp_path / "hf"
+    shutil.copytree(run_io.latest_checkpoint(finished_run), hf)
+    assert main(["export", str(hf), "-o", str(tmp_path / "m_hf"), "--no-kv"]) == 0
+    a = json.loads((tmp_path / "m_old" / "bandmate.json").read_text())
+    b = json.loads((tmp_path / "m_hf" / "bandmate.json").read_text())
+    assert a["codec"] == b["codec"] and a["model"] == b["model"]
+    assert a["training"]["steps"] == b["training"]["steps"] == 10
+    # The older run resumes with this version, and its new checkpoints are model folders.
+    s = train(data_dir, old, _cfg(12), resume=True, progress=False)
+    assert s["finished"] and s["steps"] == 12
+    assert (run_io.latest_checkpoint(old) / "config.json").is_file()
