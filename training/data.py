@@ -83,36 +83,114 @@ class Blocks:
             yield self.order[self.bounds[b] : self.bounds[b + 1]]
 
 
-def pack_bounds(clipped: np.ndarray, block: int) -> np.ndarray:
-    """Where greedy packing cuts a run of item sizes (each <= ``block``): the start index of
-    every block, then ``len(clipped)``.
+def _prefix_sums(sizes: np.ndarray) -> np.ndarray:
+    csum = np.zeros(len(sizes) + 1, np.int64)
+    np.cumsum(sizes, out=csum[1:])
+    return csum
 
-    Vectorised: with prefix sums C, the block that starts at item s ends before the first item
-    t with C[t + 1] - C[s] > block: one ``searchsorted`` gives that successor for every s.
-    The blocks are the chain 0, nxt[0], nxt[nxt[0]], ... (what the greedy loop visits),
-    unrolled by pointer doubling: after k rounds ``chain`` holds its first 2**k links and
-    ``jump`` maps every item 2**k links ahead, so the whole chain takes log2(blocks) rounds
-    of array gathers instead of one Python iteration per sample.
-    """
-    n = len(clipped)
-    if n == 0:
-        return np.zeros(1, np.int64)
+
+def _successors(csum: np.ndarray, block: int) -> np.ndarray:
+    """jump[s]: where the block that starts at item s ends (one past its last item; >= s + 1,
+    as every size is <= block); jump[n] = n. Computed in slices: no n-sized temporaries."""
+    n = len(csum) - 1
     idx = np.int32 if n < 2**31 - 1 else np.int64
-    csum = np.zeros(n + 1, np.int64)
-    np.cumsum(clipped, out=csum[1:])
-    # nxt[s]: one past the last item that still fits in a block started at s (>= s + 1,
-    # since every size is <= block); nxt[n] = n, the end.
-    jump = np.searchsorted(csum, csum[:-1] + block, side="right").astype(idx) - 1
-    del csum
-    jump = np.append(jump, idx(n))
-    chain = np.zeros(1, idx)
-    while chain[-1] < n:
+    jump = np.empty(n + 1, idx)
+    step = 1 << 22
+    for a in range(0, n, step):
+        b = min(a + step, n)
+        jump[a:b] = np.searchsorted(csum, csum[a:b] + block, side="right") - 1
+    jump[n] = n
+    return jump
+
+
+def _walk(jump, cur, end, stop=None):
+    """Follow ``jump`` from every ``cur[k]`` at once while it is < ``end[k]`` (and, with
+    ``stop``, not on a stop node): the final positions, the nodes visited and their walk."""
+    cur = cur.copy()
+    nodes, walks = [], []
+    act = np.flatnonzero(cur < end)
+    while act.size:
+        c = cur[act]
+        if stop is not None:
+            keep = ~stop[c]
+            act, c = act[keep], c[keep]
+            if not act.size:
+                break
+        nodes.append(c)
+        walks.append(act)
+        nxt = jump[c]
+        cur[act] = nxt
+        act = act[nxt < end[act]]
+    cat = (lambda xs, t: np.concatenate(xs) if xs else np.zeros(0, t))  # noqa: E731
+    return cur, cat(nodes, jump.dtype), cat(walks, np.int64)
+
+
+def _chain_doubling(jump: np.ndarray) -> np.ndarray:
+    """The chain 0, jump[0], jump[jump[0]], ... below n by pointer doubling: after k rounds
+    ``chain`` holds its first 2**k links and ``jump`` leads 2**k links ahead."""
+    n = len(jump) - 1
+    chain = np.zeros(1, jump.dtype)
+    while True:
         chain = np.concatenate([chain, jump[chain]])
         if chain[-1] >= n:
             break
         jump = jump[jump]
-    end = int(np.searchsorted(chain, n))  # chain is increasing up to n, then n repeats
-    return np.append(chain[:end], n).astype(np.int64)
+    return chain[: int(np.searchsorted(chain, n))]  # increasing up to n, then n repeats
+
+
+def pack_bounds(csum: np.ndarray, block: int, segment: int = 2048, rounds: int = 32) -> np.ndarray:
+    """Where greedy packing cuts a run of n items of sizes <= ``block``, given their prefix
+    sums ``csum`` (n + 1 values from 0): the start index of every block, then n.
+
+    The greedy loop's blocks are the chain 0, nxt[0], nxt[nxt[0]], ... where nxt[s] (one
+    ``searchsorted`` for every s at once) is where a block started at s must end. The chain is
+    followed for all segments of ``segment`` items at once, each as if a block started at its
+    first item; then each segment's real entry (the previous segment's exit) is walked, again
+    all at once, until it meets that guessed chain, after which the two are the same. Greedy
+    chains from nearby starts meet within a few blocks, so this converges in one or two
+    rounds; data where they never meet (every sample exactly half a block) fall back to
+    pointer doubling (`_chain_doubling`, log2(blocks) passes over the data). Either way the
+    result equals the loop's (tests/training/test_train.py compares them).
+    """
+    n = len(csum) - 1
+    if n == 0:
+        return np.zeros(1, np.int64)
+    jump = _successors(csum, block)
+    starts = np.arange(0, n, segment, dtype=np.int64)
+    ends = np.minimum(starts + segment, n)
+    mark = np.zeros(n + 1, bool)
+    exits, nodes, _ = _walk(jump, starts, ends)  # the guessed chain of every segment
+    mark[nodes] = True
+    guessed = mark.copy()
+    k = len(starts)
+    true_exit = exits.copy()  # exits stays the guessed chains' own
+    entries = np.concatenate([[0], true_exit[:-1]])
+    stop_at = starts.copy()  # real chain = guessed chain from here on, per segment
+    todo = np.arange(k)
+    last_walk = np.full(k, -1)
+    walked: list[tuple[np.ndarray, np.ndarray]] = []
+    for r in range(rounds):
+        cur, nodes, walk = _walk(jump, entries[todo], ends[todo], stop=guessed)
+        met = cur < ends[todo]
+        stop_at[todo] = np.where(met, cur, ends[todo])
+        walked.append((todo[walk], nodes))
+        last_walk[todo] = r
+        new_exit = np.where(met, exits[todo], cur)
+        changed = todo[new_exit != true_exit[todo]]
+        true_exit[todo] = new_exit
+        todo = changed[changed + 1 < k] + 1
+        if not todo.size:
+            break
+        entries[todo] = true_exit[todo - 1]
+    else:
+        return np.append(_chain_doubling(jump), n).astype(np.int64)
+    for a, b in zip(starts.tolist(), stop_at.tolist(), strict=True):
+        if b > a:
+            mark[a:b] = False  # the guessed chain before the real one met it
+    for r, (segs, nodes) in enumerate(walked):
+        mark[nodes[last_walk[segs] == r]] = True
+    mark[n] = True
+    return np.flatnonzero(mark)
 
 
 def pack(lengths: np.ndarray, order: np.ndarray, block: int) -> Blocks:
@@ -122,10 +200,10 @@ def pack(lengths: np.ndarray, order: np.ndarray, block: int) -> Blocks:
     starts the next one; the result is a `Blocks` (a sequence of sample-id arrays).
     """
     order = np.asarray(order, np.int64)
-    clipped = np.minimum(np.asarray(lengths, np.int64)[order], block)
-    bounds = pack_bounds(clipped, block)
-    csum = np.zeros(len(clipped) + 1, np.int64)
-    np.cumsum(clipped, out=csum[1:])
+    clipped = np.minimum(np.asarray(lengths)[order], block)
+    csum = _prefix_sums(clipped)
+    del clipped
+    bounds = pack_bounds(csum, block)
     return Blocks(order, bounds, np.diff(csum[bounds]))
 
 

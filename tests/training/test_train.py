@@ -61,14 +61,21 @@ def _pack_loop(lengths, order, block):
 
 def test_vectorised_pack_equals_the_greedy_loop_on_random_lengths():
     rng = np.random.default_rng(0)
-    for _ in range(200):
-        n, block = int(rng.integers(0, 400)), int(rng.integers(1, 64))
+    for t in range(200):
+        n, block = int(rng.integers(0, 3000)), int(rng.integers(2, 64))
         lengths = rng.integers(0, 90, n)  # zero-length and longer-than-a-block samples too
         order = rng.permutation(n)
         got = D.pack(lengths, order, block)
         want = _pack_loop(lengths, order, block)
         assert [b.tolist() for b in got] == want
         assert got.tokens.tolist() == [sum(min(lengths[i], block) for i in b) for b in want]
+        # Small segments, and lengths whose greedy chains never meet (exactly half a block:
+        # the pointer-doubling fallback) or meet late.
+        for lens in (lengths, np.full(n, block // 2), rng.integers(block // 2, block // 2 + 2, n)):
+            csum = np.concatenate([[0], np.cumsum(np.minimum(lens[order], block))])
+            bounds = D.pack_bounds(csum, block, segment=int(rng.integers(1, 40)), rounds=4)
+            cuts = [order[a:b].tolist() for a, b in itertools.pairwise(bounds)]
+            assert cuts == _pack_loop(lens, order, block), t
 
 
 def test_eval_blocks_are_the_same_samples_for_any_number_of_ranks():
