@@ -85,13 +85,21 @@ class TrainConfig:
     attention: str = field(default="sdpa", metadata={"help": "sdpa | eager"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
     eval_every: int = field(default=200, metadata={"help": "steps between validations"})
-    eval_batches: int = field(default=20, metadata={"help": "micro-batches per validation"})
+    eval_batches: int = field(
+        default=20,
+        metadata={
+            "help": "validation blocks = eval_batches x batch_size, counted over all ranks "
+            "(the same samples for any number of GPUs)"
+        },
+    )
     log_every: int = field(default=10, metadata={"help": "steps between log lines"})
     save_every: int = field(default=500, metadata={"help": "steps between checkpoints"})
     keep_checkpoints: int = field(default=2, metadata={"help": "newest checkpoints kept"})
     seed: int = field(default=0, metadata={"help": "data order, init and dropout seed"})
     peak_tflops: float = field(default=0.0, metadata={"help": "device peak for MFU (0 = table)"})
-    time_limit_min: float = field(default=0.0, metadata={"help": "save and stop after (0=off)"})
+    time_limit_min: float = field(
+        default=0.0, metadata={"help": "save and stop (exit 75) after this many minutes (0=off)"}
+    )
     reorder: float = field(
         default=0.0,
         metadata={
