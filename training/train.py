@@ -636,7 +636,7 @@ def train(
     def loss_sum(ids: torch.Tensor, net: torch.nn.Module | None = None) -> torch.Tensor:
         labels = torch.where(ids == 0, D.IGNORE, ids)[:, 1:]
         with autocast():
-            logits = (net or fwd_model)(input_ids=ids).logits[:, :-1]
+            logits = (fwd_model if net is None else net)(input_ids=ids).logits[:, :-1]
         loss = F.cross_entropy(
             logits.float().reshape(-1, logits.shape[-1]),
             labels.reshape(-1),

@@ -214,6 +214,22 @@ def test_megatron_flops_formula():
 # ----------------------------------------------------------------- integration
 
 
+@pytest.mark.slow
+def test_compiled_bf16_reordered_run_validates_and_resumes(data_dir, tmp_path):
+    """The CPU recipe (torch.compile, bf16 autocast, track reordering) through validation,
+    a stop and a resume: a compiled module must never be tested for truth (len())."""
+    cfg = TrainConfig(
+        preset="tiny", n_positions=128, batch_size=2, max_steps=2, warmup_steps=1,
+        eval_every=1, eval_batches=1, log_every=1, save_every=1, compile=True,
+        precision="bf16", reorder=0.5,
+    )  # fmt: skip
+    s = train(data_dir, tmp_path / "run", cfg, progress=False)
+    assert s["finished"] and s["precision"] == "bf16" and math.isfinite(s["val_loss"])
+    more = TrainConfig(**{**cfg.to_json(), "max_steps": 3})
+    s = train(data_dir, tmp_path / "run", more, resume=True, progress=False)
+    assert s["finished"] and s["steps"] == 3
+
+
 def test_tiny_run_learns_and_checkpoints(data_dir, tmp_path):
     cfg = TrainConfig(
         preset="tiny",
