@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from bandmate.models.session import fast_io_names
+from bandmate.models.model_folder import decode_io_names
 from bandmate.training.export import ParityError, export_random, random_model
 from bandmate.training.export_fast import (
     KV_FP32_NAME,
@@ -32,7 +32,7 @@ def model():
 
 def test_graph_names_and_ops(model):
     m = build_fast_graph(model)
-    ins, outs = fast_io_names(2)
+    ins, outs = decode_io_names(2)
     assert [i.name for i in m.graph.input] == ins
     assert [o.name for o in m.graph.output] == outs
     ops = {n.op_type for n in m.graph.node}
