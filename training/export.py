@@ -61,12 +61,6 @@ from bandmate.training.run_io import latest_checkpoint, read_json, write_json
 
 log = logging.getLogger(__name__)
 
-#: The chorale codec that tests and random models use (density edges = note counts per voice
-#: in 4 bars; the real ones come from ``bandmate prepare``'s manifest).
-CHORALE_CODEC = CodecConfig(
-    voices=("SOPRANO", "ALTO", "TENOR", "BASS"), density_bins=4, density_edges=(8.0, 12.0, 16.0)
-)
-
 #: (batch, new tokens, past tokens) checked at the end of every export.
 PARITY_SHAPES: tuple[tuple[int, int, int], ...] = ((1, 9, 0), (3, 5, 0), (1, 1, 12), (2, 4, 7))
 
@@ -408,37 +402,6 @@ def random_model(
     torch.manual_seed(seed)
     cfg = gpt2_config(ModelDims(n_layer, n_head, n_embd, n_positions, vocab_size))
     return GPT2LMHeadModel(cfg).eval()
-
-
-def export_random(
-    out_dir: str | Path,
-    codec: CodecConfig | None = None,
-    n_layer: int = 2,
-    n_head: int = 2,
-    n_embd: int = 64,
-    n_positions: int = 512,
-    seed: int = 0,
-    int8: bool = False,
-    kv: bool = False,
-) -> Path:
-    """A complete model folder with random weights, for tests of everything downstream.
-
-    Same files and names as a trained export (``kv``: plus the in-place decode graph that
-    the CPU runtime prefers, bandmate.training.export_fast); ``val_loss`` is ln(vocab size) (what an
-    untrained model scores) and ``training`` says ``random_weights``. Takes a few seconds.
-    """
-    codec = codec or CHORALE_CODEC
-    model = random_model(codec.vocab.size, n_layer, n_head, n_embd, n_positions, seed)
-    out = Path(out_dir)
-    write_model_folder(
-        model,
-        codec,
-        out,
-        ExportConfig(int8=int8, kv=kv, name=f"random-{n_layer}x{n_embd}-seed{seed}"),
-        labels_seen=codec.voices,
-        training={"random_weights": True, "seed": seed, "steps": 0, "tokens": 0},
-    )
-    return out
 
 
 def load_run_model(run: Path, checkpoint: Path | None = None) -> tuple[torch.nn.Module, dict]:

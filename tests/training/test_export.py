@@ -12,17 +12,16 @@ from bandmate.models.config import CodecConfig
 from bandmate.models.model_folder import graph_io_names
 from bandmate.models.vocab import Vocab
 from bandmate.training.export import (
-    CHORALE_CODEC,
     ExportConfig,
     KVWrapper,
     ParityError,
     export_onnx,
-    export_random,
     labels_seen_of,
     parity_check,
     random_model,
     write_model_folder,
 )
+from support.models import CHORALE_CODEC, export_random
 
 
 @pytest.fixture(scope="module")

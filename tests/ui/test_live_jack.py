@@ -10,11 +10,11 @@ from pathlib import Path
 
 import mido
 import pytest
-from bandmate.bridge.dawsim import DawSim, pair_notes
 from bandmate.bridge.facade import wait_until
 from bandmate.bridge.live import channel_for_track
 from bandmate.models.midi_io import read_midi
 from bandmate.models.types import STEPS_PER_BAR
+from support.dawsim import DawSim, pair_notes
 
 pytestmark = pytest.mark.jack
 
