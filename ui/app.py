@@ -61,8 +61,8 @@ def run(args: argparse.Namespace) -> int:
     if args.reset_settings:
         store.clear()
     win = MainWindow(store=store, model_path=args.model)
-    win.seed = args.seed
-    win.meter = args.meter
+    win.ctl.seed = args.seed
+    win.ctl.meter = args.meter
     if args.midi:
         win.open_midi(args.midi)
     win.show()
@@ -80,14 +80,14 @@ def _screenshot(app, win, path: str, generate: bool) -> int:
     state = {"started": False}
 
     def poll() -> None:
-        if win.session is None and not win.model_error:
+        if win.ctl.session is None and not win.ctl.model_error:
             return
-        if generate and win.session is not None and not state["started"]:
+        if generate and win.ctl.session is not None and not state["started"]:
             state["started"] = win.generate("continue")
             if not state["started"]:
                 loop.quit()
             return
-        if win.worker is not None and win.worker.is_running():
+        if win.jobs.worker is not None and win.jobs.worker.is_running():
             return
         loop.quit()
 

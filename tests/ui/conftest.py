@@ -40,7 +40,8 @@ def make_window(qtbot):
         w = MainWindow(store=store, messages=MessageSink(show_boxes=False), model_path=str(model))
         qtbot.addWidget(w)
         w.show()
-        qtbot.waitUntil(lambda: w.session is not None or bool(w.model_error), timeout=60_000)
+        qtbot.waitUntil(lambda: w.ctl.session is not None or bool(w.ctl.model_error),
+                        timeout=60_000)
         return w
 
     return make
