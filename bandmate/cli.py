@@ -20,6 +20,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("bandmate.training.prepare_cli", "turn MIDI folders into mmmtrack token shards"),
     "train": ("bandmate.training.train_cli", "train a GPT-2 music model on prepared shards"),
     "export": ("bandmate.training.export_cli", "export a trained run to an ONNX model folder"),
+    "convert": (
+        "bandmate.training.convert_cli",
+        "turn a Megatron-LM GPT checkpoint into a Hugging Face model folder",
+    ),
     "generate": ("bandmate.models.generate_cli", "continue a MIDI file or add a track to it"),
     "jam": ("bandmate.bridge.jam", "headless bandmate: MIDI in, generated MIDI out"),
     "ports": ("bandmate.bridge.ports_cli", "list the MIDI ports bandmate can see"),

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from bandmate.models.types import Piece
 
 from bandmate.models.registry import MODEL_HELP
+from bandmate.models.sampler import DEFAULT_TEMPERATURE, DEFAULT_TOP_P
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +92,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--density", type=int, default=None, help="with --add-track: 0..bins-1")
     parser.add_argument(
-        "--temperature", type=float, default=1.0, help="lower = safer, higher = more adventurous"
+        "--temperature", type=float, default=DEFAULT_TEMPERATURE,
+        help="lower = safer, higher = more adventurous (default: measured, docs/generation.md)",
     )
     parser.add_argument(
-        "--top-p", type=float, default=0.95, help="sample from the most likely tokens of mass P"
+        "--top-p", type=float, default=DEFAULT_TOP_P,
+        help="sample from the most likely tokens of mass P (default: measured)",
     )
     parser.add_argument("--top-k", type=int, default=0, help="only the K most likely (0 = off)")
     parser.add_argument("--seed", type=int, default=None, help="same seed, same notes")

@@ -14,17 +14,24 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from bandmate.models.grammar import parse_scale
 
+#: The defaults of the CLI, the app and the live engine, picked by bench/quality.py --sweep on
+#: the tuning chorales (never the held-out ones): docs/generation.md, "Sampling defaults".
+DEFAULT_TEMPERATURE = 1.0
+DEFAULT_TOP_P = 0.95
+
 
 @dataclass(frozen=True)
 class SamplingConfig:
     """How tokens are drawn (the generation stage's config)."""
 
     temperature: float = field(
-        default=1.0, metadata={"help": "softmax temperature; 0 = always the likeliest token"}
+        default=DEFAULT_TEMPERATURE,
+        metadata={"help": "softmax temperature; 0 = always the likeliest token"},
     )
     top_k: int = field(default=0, metadata={"help": "keep the k likeliest legal tokens; 0 = all"})
     top_p: float = field(
-        default=0.95, metadata={"help": "nucleus: keep the likeliest tokens up to this mass"}
+        default=DEFAULT_TOP_P,
+        metadata={"help": "nucleus: keep the likeliest tokens up to this mass"},
     )
     seed: int | None = field(default=None, metadata={"help": "same seed, same notes"})
     pitch_range: tuple[int, int] | None = field(

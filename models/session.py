@@ -3,7 +3,11 @@
 `ModelSession.load(dir)` reads ``bandmate.json`` (validated, as
 `bandmate.models.model_folder.ModelDescription`) and ``tokenizer.json`` (docs/contracts.md,
 "Model folder") and opens the ONNX graph on the CUDA provider when onnxruntime-gpu finds a
-working CUDA, else on the CPU provider, quietly, with one log line saying which.
+working CUDA *and* the folder has a graph made for a GPU (fp16 or fp32), else on the CPU
+provider, quietly, with one log line saying which and why. A folder with only int8 graphs (the
+shipped model) always runs on the CPU, on its decode graph: dynamic int8 quantisation is a CPU
+format (ORT's CUDA provider runs its integer ops slowly or on the CPU anyway), and the CPU
+decode graph is the measured fast path.
 
 `KVCache` is one batch of sequences being decoded: the first call pre-fills each row's prompt
 in one run, later calls feed each row's new tokens (usually one). Rows may feed different
@@ -263,24 +267,43 @@ def _fast_graph(folder: Path, files: dict, precision: str) -> str | None:
     return None
 
 
+def _gpu_graph(folder: Path, files: dict, precision: str) -> str | None:
+    """The graph to run on CUDA: one made for a GPU (fp16, else fp32), never int8."""
+    if precision == "int8":
+        return None
+    for k in ("fp16", "fp32") if precision == "default" else (precision,):
+        name = files.get(k)
+        if name and (folder / name).is_file():
+            return name
+    return None
+
+
 def _open(
     folder: Path, files: dict, precision: str, device: str, fast: bool | None = None
 ) -> tuple[Any, str, str, bool]:
     import onnxruntime as ort
 
-    want_cuda = device in ("auto", "cuda") and "CUDAExecutionProvider" in (
+    has_cuda = device in ("auto", "cuda") and "CUDAExecutionProvider" in (
         ort.get_available_providers()
     )
+    gpu_name = _gpu_graph(folder, files, precision) if has_cuda else None
+    why_cpu = ""
+    if has_cuda and gpu_name is None:
+        if device == "cuda":
+            raise ModelError(
+                f"{folder} has no graph for CUDA (only int8, a CPU format: {_have(files)}); "
+                "export with --fp16 (or keep fp32) to run it on a GPU"
+            )
+        why_cpu = "; CUDA not used: int8 is a CPU format and the folder has no fp16/fp32 graph"
+    want_cuda = gpu_name is not None
 
-    def pick(on_gpu: bool) -> str:
+    def pick() -> str:  # the graph for the CPU
         if precision != "default":
             name = files.get(precision)
             if not name:
                 raise ModelError(f"{folder} has no {precision} graph; it has: {_have(files)}")
             return name
-        # int8 dynamic quantisation is a CPU format: on a GPU, fp16 or fp32 is faster.
-        order = ("fp16", "fp32", "int8") if on_gpu else (files.get("default"), "int8", "fp32")
-        for k in order:
+        for k in (files.get("default"), "int8", "fp32"):
             name = files.get(k) if k in ("fp16", "fp32", "int8") else k
             if name and (folder / name).is_file():
                 return name
@@ -298,7 +321,7 @@ def _open(
         return so
 
     if want_cuda:
-        name = pick(True)
+        name = gpu_name
         ort.set_default_logger_severity(4)  # a missing CUDA library is not the user's problem
         try:
             sess = ort.InferenceSession(
@@ -313,6 +336,7 @@ def _open(
             log.debug("CUDA provider failed: %s", e)
         finally:
             ort.set_default_logger_severity(2)
+        why_cpu = "; CUDA does not initialise"
         if device == "cuda":
             raise ModelError("CUDA was asked for but does not initialise (CUDA 13 + cuDNN 9?)")
     kv_name = _fast_graph(folder, files, precision) if fast is not False else None
@@ -324,15 +348,22 @@ def _open(
     if kv_name:
         so = options(True)
         sess = ort.InferenceSession(str(folder / kv_name), so, providers=["CPUExecutionProvider"])
-        log.info("model %s on CPU (%s, in-place KV cache, %d threads)", folder.name, kv_name,
-                 so.intra_op_num_threads)
+        log.info(
+            "model %s on CPU (%s, in-place KV cache, %d threads%s)",
+            folder.name,
+            kv_name,
+            so.intra_op_num_threads,
+            why_cpu,
+        )
         return sess, "CPU", kv_name, True
-    name = pick(False)
+    name = pick()
     if not (folder / name).is_file():
         raise ModelError(f"{folder / name} is missing: re-export the model")
     so = options()
     sess = ort.InferenceSession(str(folder / name), so, providers=["CPUExecutionProvider"])
-    log.info("model %s on CPU (%s, %d threads)", folder.name, name, so.intra_op_num_threads)
+    log.info(
+        "model %s on CPU (%s, %d threads%s)", folder.name, name, so.intra_op_num_threads, why_cpu
+    )
     return sess, "CPU", name, False
 
 
@@ -478,8 +509,12 @@ class SharedKV:
         arr, val = self._out(1)
         io = self.io
         if not self._step_bound:
-            for name, a in (("input_ids", self._ids1), ("position_ids", self._pos1),
-                            ("seqlens_k", self._seqlens), ("total_sequence_length", self._total)):
+            for name, a in (
+                ("input_ids", self._ids1),
+                ("position_ids", self._pos1),
+                ("seqlens_k", self._seqlens),
+                ("total_sequence_length", self._total),
+            ):
                 io.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(a))
             io.bind_ortvalue_output("logits", val)
             self._step_bound = True
@@ -596,8 +631,13 @@ class FastKVCache:
                 k = -(-n // PREFILL_CHUNK)
                 cuts = [n * i // k for i in range(k + 1)]
                 for lo, hi in itertools.pairwise(cuts):
-                    logits = self.kv.run(ids[:, lo:hi], pos[:, lo:hi], np.array([lo]),
-                                         np.array([hi - lo]), first=lo == 0)
+                    logits = self.kv.run(
+                        ids[:, lo:hi],
+                        pos[:, lo:hi],
+                        np.array([lo]),
+                        np.array([hi - lo]),
+                        first=lo == 0,
+                    )
                 last -= cuts[-2]
             else:
                 logits = self.kv.run(ids, pos, self.pos, counts, first=self.calls == 0)

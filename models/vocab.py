@@ -106,7 +106,8 @@ class Vocab:
         return [toks[i] if 0 <= i < n else "[UNK]" for i in (int(x) for x in ids)]
 
     def tokenizer_json(self) -> dict:
-        """A WordLevel / whitespace tokenizer that `tokenizers` and transformers both load."""
+        """A WordLevel / whitespace tokenizer that `tokenizers` and transformers both load;
+        decoding gives "PIECE_START TRACK_START ..." (tokens separated by one space)."""
         return {
             "version": "1.0",
             "truncation": None,
@@ -126,7 +127,9 @@ class Vocab:
             "normalizer": None,
             "pre_tokenizer": {"type": "WhitespaceSplit"},
             "post_processor": None,
-            "decoder": None,
+            # Joins tokens with single spaces (no "##" token exists), so a decoded id list is
+            # the space-separated token text that encode() reads back exactly.
+            "decoder": {"type": "WordPiece", "prefix": "##", "cleanup": False},
             "model": {"type": "WordLevel", "vocab": self.ids, "unk_token": "[UNK]"},
         }
 

@@ -404,28 +404,79 @@ def random_model(
     return GPT2LMHeadModel(cfg).eval()
 
 
-def load_run_model(run: Path, checkpoint: Path | None = None) -> tuple[torch.nn.Module, dict]:
-    """The model of a run's latest (or given) checkpoint, with the checkpoint's state."""
-    from safetensors.torch import load_file
-    from transformers import GPT2Config, GPT2LMHeadModel
+def resolve_model_source(path: Path, checkpoint: Path | None = None) -> tuple[Path | None, Path]:
+    """(run folder or None, folder holding model.safetensors) for what `bandmate export` got:
+    a run folder (its latest checkpoint; older runs too), a checkpoint folder of a run, or a
+    Hugging Face model folder (config.json + model.safetensors + codec.json)."""
+    from bandmate.training.hf_folder import is_model_folder
+    from bandmate.training.run_io import CKPT_DIR
 
-    run = Path(run)
-    ckpt = checkpoint or latest_checkpoint(run)
-    if ckpt is None:
+    path = Path(path)
+    if checkpoint is not None:
+        return path, Path(checkpoint)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: no checkpoint or model to export")
+    if (path / CKPT_DIR).is_dir() or (path / "train_config.json").is_file():
+        ckpt = latest_checkpoint(path)
+        if ckpt is not None:
+            return path, ckpt
+        if is_model_folder(path):
+            return path, path
         raise FileNotFoundError(
-            f"{run} has no checkpoint yet: train longer (checkpoints every --save-every steps) "
+            f"{path} has no checkpoint yet: train longer (checkpoints every --save-every steps) "
             "or check the path"
         )
-    cfg = GPT2Config.from_dict(read_json(run / "model_config.json"))
-    cfg._attn_implementation = "sdpa"
-    model = GPT2LMHeadModel(cfg)
-    state = load_file(str(ckpt / "model.safetensors"))
+    if path.parent.name == CKPT_DIR and (path / "model.safetensors").is_file():
+        return path.parent.parent, path
+    if is_model_folder(path):
+        return None, path
+    raise FileNotFoundError(
+        f"{path} is not a run folder (train_config.json, checkpoints/), a checkpoint folder "
+        "or a Hugging Face model folder (config.json + model.safetensors)"
+    )
+
+
+def load_weights(model: torch.nn.Module, folder: Path) -> torch.nn.Module:
+    """Load ``folder/model.safetensors`` (the tied lm_head stored once or not at all)."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(Path(folder) / "model.safetensors"))
     missing, unexpected = model.load_state_dict(state, strict=False)
-    # lm_head.weight is tied to wte and stored once.
     if [m for m in missing if m != "lm_head.weight"] or unexpected:
-        raise ValueError(f"{ckpt}: weights do not match the model ({missing}, {unexpected})")
+        raise ValueError(f"{folder}: weights do not match the model ({missing}, {unexpected})")
     model.tie_weights()
-    return model.eval(), read_json(ckpt / "state.json")
+    return model
+
+
+def load_run_model(run: Path, checkpoint: Path | None = None) -> tuple[torch.nn.Module, dict]:
+    """The model of a run's latest (or given) checkpoint, or of a checkpoint or Hugging Face
+    model folder, with the checkpoint's state ({} for a plain model folder)."""
+    from bandmate.training.hf_folder import load_model_config
+    from transformers import GPT2LMHeadModel
+
+    run_dir, ckpt = resolve_model_source(Path(run), checkpoint)
+    try:
+        cfg = load_model_config(ckpt)
+    except FileNotFoundError:
+        if run_dir is None:
+            raise
+        cfg = load_model_config(run_dir)  # runs written before checkpoints had config.json
+    cfg._attn_implementation = "sdpa"
+    model = load_weights(GPT2LMHeadModel(cfg), ckpt)
+    state = read_json(ckpt / "state.json") if (ckpt / "state.json").is_file() else {}
+    return model.eval(), state
+
+
+def source_codec(run: Path, checkpoint: Path | None = None) -> CodecConfig:
+    """The codec config next to the weights (checkpoint or model folder), else the run's."""
+    run_dir, ckpt = resolve_model_source(Path(run), checkpoint)
+    for folder in (ckpt, run_dir):
+        if folder is not None and (folder / "codec.json").is_file():
+            return CodecConfig.from_json(read_json(folder / "codec.json"))
+    raise FileNotFoundError(
+        f"no codec.json in {ckpt}{f' or {run_dir}' if run_dir else ''}: a bandmate model "
+        "folder needs the codec config of the data it was trained on"
+    )
 
 
 def _without_paths(obj: Any) -> Any:
@@ -466,13 +517,17 @@ def export_run(
     checkpoint: Path | None = None,
     n_agreement: int = 16,
 ) -> dict:
-    """Export a training run's latest checkpoint to a model folder (``bandmate export``)."""
-    run = Path(run)
+    """Export a training run's latest checkpoint to a model folder (``bandmate export``).
+
+    ``run`` may also be a checkpoint folder or a Hugging Face model folder (config.json,
+    model.safetensors, codec.json): what `resolve_model_source` accepts.
+    """
     config = config or ExportConfig()
     if not config.name:
         config = replace(config, name=Path(out_dir).resolve().name)
-    model, state = load_run_model(run, checkpoint)
-    codec = CodecConfig.from_json(read_json(run / "codec.json"))
+    model, state = load_run_model(Path(run), checkpoint)
+    codec = source_codec(Path(run), checkpoint)
+    run = resolve_model_source(Path(run), checkpoint)[0] or Path(run)
     summary = read_json(run / "data_summary.json") if (run / "data_summary.json").exists() else {}
     sequences = None
     data_dir = summary.get("data_dir")

@@ -4,6 +4,7 @@ Examples:
   bandmate export runs/small -o models/chorales --int8
   bandmate export runs/seed -o models/seed --int8 --fp16 --no-fp32
   bandmate export runs/seed -o models/seed --int8 --no-fp32 --no-kv  (contract graph only)
+  bandmate export runs/seed/checkpoints/step-0020000 -o models/seed-20k --int8
 
 Every export ends with a parity check against PyTorch (fp32 logits within --tolerance, with
 and without past keys/values); a failing check exits with status 3 and keeps nothing.
@@ -21,7 +22,11 @@ log = logging.getLogger(__name__)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run", help="run folder written by `bandmate train`")
+    parser.add_argument(
+        "run",
+        help="run folder written by `bandmate train` (its latest checkpoint), one of its "
+        "checkpoint folders, or a Hugging Face model folder with codec.json",
+    )
     parser.add_argument("-o", "--out", required=True, help="model folder to write")
     parser.add_argument("--int8", action="store_true", help="also write model.int8.onnx")
     parser.add_argument("--fp16", action="store_true", help="also write model.fp16.onnx (GPU)")

@@ -12,13 +12,15 @@ written here with numpy so that bandmate needs no megatron-core to produce them:
 
 Each prepared sample is one sequence and one document. Megatron-LM's GPT dataset
 concatenates documents into ``--seq-length`` windows; samples start with PIECE_START, which
-marks the boundary (no EOD token is appended: the mmmtrack vocabulary has none, and
-``NullTokenizer``'s EOD id lies outside the data). The test reads these files back with
-megatron-core's own ``IndexedDataset``.
+marks the boundary (no EOD token is appended: the mmmtrack vocabulary has none). The
+end-of-document id is explicit: ``NullTokenizer`` with ``--vocab-size V`` (the mmmtrack
+vocabulary) uses id V, one past every real token, and an embedding of V + 1 rows (padded by
+Megatron-LM); ``megatron.json`` records it as ``eod_id``, and ``bandmate convert`` drops those
+rows again. The test reads these files back with megatron-core's own ``IndexedDataset``.
 
 Usage: ``python -m bandmate.training.megatron DATA -o OUT`` writes
-``OUT/{train,val}_text_document.{bin,idx}`` and ``OUT/megatron.json`` (vocabulary size and the
-arguments to pass to Megatron-LM).
+``OUT/{train,val}_text_document.{bin,idx}`` and ``OUT/megatron.json`` (vocabulary size, eod id,
+the codec config for ``bandmate convert --codec OUT``, and the arguments to pass to Megatron-LM).
 """
 
 from __future__ import annotations
@@ -102,8 +104,14 @@ def export_megatron(data_dir: str | Path, out: str | Path) -> dict:
 
     data_dir, out = Path(data_dir), Path(out)
     manifest = json.loads((data_dir / "manifest.json").read_text())
-    vocab_size = CodecConfig.from_json(manifest["codec"]).vocab.size
-    result: dict = {"vocab_size": vocab_size, "splits": {}}
+    codec = CodecConfig.from_json(manifest["codec"])
+    vocab_size = codec.vocab.size
+    result: dict = {
+        "vocab_size": vocab_size,
+        "eod_id": vocab_size,  # megatron-core NullTokenizer: one past the real ids
+        "codec": codec.to_json(),
+        "splits": {},
+    }
     for split in ("train", "val"):
         try:
             s = open_data(data_dir, split)

@@ -37,9 +37,11 @@ import torch.nn.functional as F
 from bandmate.models.config import CodecConfig
 from bandmate.training import data as D
 from bandmate.training.flops import flops_per_token, peak_tflops
+from bandmate.training.hf_folder import WEIGHTS, write_hf_files
 from bandmate.training.run_io import (
+    checkpoint_candidates,
     checkpoint_dir,
-    latest_checkpoint,
+    checkpoint_step,
     mark_latest,
     read_json,
     write_json,
@@ -83,13 +85,21 @@ class TrainConfig:
     attention: str = field(default="sdpa", metadata={"help": "sdpa | eager"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
     eval_every: int = field(default=200, metadata={"help": "steps between validations"})
-    eval_batches: int = field(default=20, metadata={"help": "micro-batches per validation"})
+    eval_batches: int = field(
+        default=20,
+        metadata={
+            "help": "validation blocks = eval_batches x batch_size, counted over all ranks "
+            "(the same samples for any number of GPUs)"
+        },
+    )
     log_every: int = field(default=10, metadata={"help": "steps between log lines"})
     save_every: int = field(default=500, metadata={"help": "steps between checkpoints"})
     keep_checkpoints: int = field(default=2, metadata={"help": "newest checkpoints kept"})
     seed: int = field(default=0, metadata={"help": "data order, init and dropout seed"})
     peak_tflops: float = field(default=0.0, metadata={"help": "device peak for MFU (0 = table)"})
-    time_limit_min: float = field(default=0.0, metadata={"help": "save and stop after (0=off)"})
+    time_limit_min: float = field(
+        default=0.0, metadata={"help": "save and stop (exit 75) after this many minutes (0=off)"}
+    )
     reorder: float = field(
         default=0.0,
         metadata={
@@ -241,6 +251,15 @@ class Dist:
         torch.distributed.all_reduce(t)
         return t.tolist()
 
+    def from_main(self, x: float) -> float:
+        """Rank 0's value of ``x`` on every rank (exact for integers below 2**53)."""
+        return self.all_sum(x if self.main else 0.0)[0]
+
+
+class RunFolderError(RuntimeError):
+    """The run folder is not the same for every process of the job, or has no usable
+    checkpoint: stopping with a message beats a job that hangs or forks its history."""
+
 
 def setup_dist(device: str = "auto") -> Dist:
     """Join the torchrun job if there is one (env RANK/WORLD_SIZE), else a world of one."""
@@ -261,18 +280,18 @@ def setup_dist(device: str = "auto") -> Dist:
 # ------------------------------------------------------------------------- checkpoints
 
 
-def save_checkpoint(run: Path, model, opt, scaler, state: dict, keep: int) -> Path:
-    """model.safetensors (tied lm_head stored once), optim.safetensors, state.json."""
+def save_checkpoint(
+    run: Path, model, opt, scaler, state: dict, keep: int, codec: CodecConfig | None = None
+) -> Path:
+    """model.safetensors (tied lm_head stored once), optim.safetensors, optim.json, the
+    Hugging Face files (config, generation config, tokenizer), state.json; then every file
+    and the folder are fsynced and ``latest`` moves (run_io.mark_latest)."""
     from safetensors.torch import save_file
 
     ck = checkpoint_dir(run, state["step"])
     ck.mkdir(parents=True, exist_ok=True)
-    weights = {
-        k: v.detach().to("cpu").contiguous()
-        for k, v in model.state_dict().items()
-        if k != "lm_head.weight"
-    }
-    save_file(weights, str(ck / "model.safetensors"))
+    (ck / "state.json").unlink(missing_ok=True)  # a stale folder of an abandoned future
+    save_file(model_weights(model), str(ck / WEIGHTS), metadata={"format": "pt"})
     osd = opt.state_dict()
     tensors = {
         f"state.{pid}.{k}": v.detach().to("cpu").contiguous()
@@ -283,30 +302,157 @@ def save_checkpoint(run: Path, model, opt, scaler, state: dict, keep: int) -> Pa
     save_file(tensors, str(ck / "optim.safetensors"))
     extra = {"param_groups": osd["param_groups"], "scaler": scaler.state_dict() if scaler else None}
     write_json(ck / "optim.json", extra)
+    if codec is not None:
+        write_hf_files(ck, model.config, codec)
     write_json(ck / "state.json", state)  # written last: its presence marks a complete one
     mark_latest(run, ck, keep)
     return ck
 
 
-def load_checkpoint(ck: Path, model, opt, scaler, device: torch.device) -> dict:
+def model_weights(model) -> dict[str, torch.Tensor]:
+    """The state dict as save_pretrained stores it: on the CPU, tied lm_head left out."""
+    return {
+        k: v.detach().to("cpu").contiguous()
+        for k, v in model.state_dict().items()
+        if k != "lm_head.weight"
+    }
+
+
+def read_checkpoint(ck: Path, device: torch.device) -> dict:
+    """Every file of a checkpoint read into memory; raises if any is missing or unreadable."""
     from safetensors.torch import load_file
 
-    sd = load_file(str(ck / "model.safetensors"), device=str(device))
-    model.load_state_dict(sd, strict=False)
+    return {
+        "model": load_file(str(ck / WEIGHTS), device=str(device)),
+        "optim": load_file(str(ck / "optim.safetensors"), device=str(device)),
+        "extra": read_json(ck / "optim.json"),
+        "state": read_json(ck / "state.json"),
+    }
+
+
+def apply_checkpoint(payload: dict, model, opt, scaler) -> dict:
+    """Load what `read_checkpoint` read into the model, optimizer and scaler."""
+    missing, unexpected = model.load_state_dict(payload["model"], strict=False)
+    if [m for m in missing if m != "lm_head.weight"] or unexpected:
+        raise ValueError(f"weights do not match the model (missing {missing}, extra {unexpected})")
     model.tie_weights()
-    flat = load_file(str(ck / "optim.safetensors"), device=str(device))
-    extra = read_json(ck / "optim.json")
     state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, v in flat.items():
+    for key, v in payload["optim"].items():
         _, pid, name = key.split(".", 2)
         state.setdefault(int(pid), {})[name] = v
     for st in state.values():  # AdamW keeps `step` on the CPU unless fused/capturable
         if "step" in st and not (opt.defaults.get("fused") or opt.defaults.get("capturable")):
             st["step"] = st["step"].cpu()
+    extra = payload["extra"]
     opt.load_state_dict({"state": state, "param_groups": extra["param_groups"]})
     if scaler is not None and extra.get("scaler"):
         scaler.load_state_dict(extra["scaler"])
-    return read_json(ck / "state.json")
+    return dict(payload["state"])
+
+
+def load_checkpoint(ck: Path, model, opt, scaler, device: torch.device) -> dict:
+    return apply_checkpoint(read_checkpoint(ck, device), model, opt, scaler)
+
+
+def resume_state(run: Path, dist: Dist, model, opt, scaler) -> dict | None:
+    """Rank 0 picks the checkpoint to resume from and every rank loads that one.
+
+    Rank 0 tries ``latest`` and then older checkpoints, newest first, skipping (with a
+    warning) any it cannot read completely; the chosen step is broadcast, so every rank
+    resumes at the same step even when they would see different folders. A rank that cannot
+    read the chosen checkpoint stops the whole job with a clear error. None: no checkpoint.
+    """
+    step = -1.0
+    if dist.main:
+        candidates = checkpoint_candidates(run)
+        for ck in candidates:
+            try:
+                state = load_checkpoint(ck, model, opt, scaler, dist.device)
+            except Exception as e:  # truncated file, bad JSON, missing file, wrong shapes
+                log.warning(
+                    "checkpoint %s cannot be read (%s: %s): trying the previous one",
+                    ck,
+                    type(e).__name__,
+                    str(e).splitlines()[0] if str(e) else "",
+                )
+                continue
+            step = float(checkpoint_step(ck))
+            if ck != candidates[0]:
+                log.warning("resuming from %s, not the newest checkpoint", ck.name)
+            break
+        else:
+            step = -2.0 if candidates else -1.0
+    step = dist.from_main(step)
+    if step == -2:
+        raise RunFolderError(
+            f"no checkpoint in {run}/checkpoints can be read (see the warnings above); "
+            "start a new run, or restore the folder from a backup"
+        )
+    if step < 0:
+        return None
+    ck = checkpoint_dir(run, int(step))
+    failed = 0.0
+    if not dist.main:
+        try:
+            state = load_checkpoint(ck, model, opt, scaler, dist.device)
+        except Exception as e:
+            log.error("rank %d cannot read %s: %s", dist.rank, ck, e)
+            failed = 1.0
+    failed = dist.all_sum(failed)[0]
+    if failed:
+        raise RunFolderError(
+            f"{int(failed)} of {dist.world} processes cannot read {ck}, which rank 0 resumes "
+            "from: the run folder must be on a filesystem every node shares"
+        )
+    return state
+
+
+def check_run_visible(run: Path, dist: Dist, attempts: int = 5) -> None:
+    """Stop unless every rank sees the run folder rank 0 writes (RUN/job.json, a fresh nonce).
+
+    Only rank 0 writes checkpoints; a node-local run folder would leave the other nodes
+    without them, and a later resume would start the nodes at different steps (a hang).
+    """
+    if dist.world == 1:
+        return
+    import secrets
+
+    nonce = float(secrets.randbits(48)) if dist.main else 0.0
+    if dist.main:
+        Path(run).mkdir(parents=True, exist_ok=True)
+        write_json(
+            Path(run) / "job.json",
+            {"nonce": int(nonce), "world_size": dist.world, "started": time.time()},
+        )
+    nonce = dist.from_main(nonce)  # also orders every read after rank 0's write
+    seen = None
+    for k in range(attempts):  # a shared filesystem may show a new file a moment late
+        try:
+            seen = read_json(Path(run) / "job.json").get("nonce")
+        except (OSError, ValueError):
+            seen = None
+        if seen == int(nonce):
+            break
+        time.sleep(0.2 * (k + 1))
+    bad = dist.all_sum(float(seen != int(nonce)))[0]
+    if bad:
+        raise RunFolderError(
+            f"{int(bad)} of {dist.world} processes do not see {Path(run) / 'job.json'} as "
+            "rank 0 wrote it: the run folder must be on a filesystem every node shares "
+            "(NFS, Lustre, ...), not a node-local disk"
+        )
+
+
+def save_final_model(run: Path, model, codec: CodecConfig) -> None:
+    """RUN/model.safetensors + the Hugging Face files: the run folder is the final model."""
+    from safetensors.torch import save_file
+
+    tmp = Path(run) / (WEIGHTS + ".tmp")
+    save_file(model_weights(model), str(tmp), metadata={"format": "pt"})
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, Path(run) / WEIGHTS)
+    write_hf_files(run, model.config, codec)
 
 
 # --------------------------------------------------------------------------- the run
@@ -346,20 +492,51 @@ def _data_summary(data_dir: Path, train, val, codec: CodecConfig, packed) -> dic
     }
 
 
+def _decide_resume(run: Path, resume: bool | str, dist: Dist) -> bool:
+    """Rank 0 decides whether this is a new run or a resumed one; every rank gets the answer
+    (or the same error), so no rank reads its own disk to decide."""
+    code, err = 0.0, None
+    if dist.main:
+        try:
+            has_run = (run / "train_config.json").exists()
+            if resume == "auto":
+                resume = has_run
+            if resume and not has_run:
+                raise FileNotFoundError(f"{run} is not a run folder: start it without --resume")
+            if not resume and (run / "checkpoints").exists() and checkpoint_candidates(run):
+                raise FileExistsError(
+                    f"{run} already holds a run: pass --resume, or choose a new -o"
+                )
+            code = 1.0 if resume else 0.0
+        except (FileNotFoundError, FileExistsError) as e:
+            code, err = -1.0, e
+    code = dist.from_main(code)
+    if code < 0:
+        raise err or RunFolderError("rank 0 could not start the run (see its error)")
+    if dist.main:
+        run.mkdir(parents=True, exist_ok=True)
+    check_run_visible(run, dist)
+    return code > 0
+
+
 def train(
     data_dir: str | Path,
     run: str | Path,
     cfg: TrainConfig,
-    resume: bool = False,
+    resume: bool | str = False,
     device: str = "auto",
     progress: bool = True,
 ) -> dict:
-    """Train (or resume) a run; returns the summary also written to RUN/summary.json."""
+    """Train (or resume) a run; returns the summary also written to RUN/summary.json.
+
+    ``resume``: True continues the run in ``run``, False starts a new one, "auto" resumes
+    when ``run`` holds a run (decided by rank 0 for every rank: launchers pass it on every
+    restart).
+    """
     data_dir, run = Path(data_dir), Path(run)
     dist = setup_dist(device)
+    resume = _decide_resume(run, resume, dist)
     if resume:
-        if not (run / "train_config.json").exists():
-            raise FileNotFoundError(f"{run} is not a run folder: start it without --resume")
         saved = TrainConfig.from_json(read_json(run / "train_config.json"))
         overrides = {
             k: v
@@ -368,8 +545,6 @@ def train(
             and v != getattr(TrainConfig(), k)
         }
         cfg = TrainConfig.from_json({**asdict(saved), **overrides})
-    elif (run / "checkpoints").exists() and latest_checkpoint(run) is not None:
-        raise FileExistsError(f"{run} already holds a run: pass --resume, or choose a new -o")
 
     manifest_codec = data_dir / "manifest.json"
     if not manifest_codec.exists():
@@ -424,18 +599,17 @@ def train(
 
     state = {"step": 0, "tokens_seen": 0, "real_tokens_seen": 0, "val_loss": None}
     if resume:
-        ck = latest_checkpoint(run)
-        if ck is None:
+        resumed = resume_state(run, dist, model, opt, scaler)
+        if resumed is None:
             log.info("no checkpoint in %s yet: starting from step 0", run)
         else:
-            state = load_checkpoint(ck, model, opt, scaler, dist.device)
-            log.info("resumed from %s (step %d)", ck.name, state["step"])
+            state = resumed
+            log.info("resumed from step %d", state["step"])
     if dist.main:
         run.mkdir(parents=True, exist_ok=True)
         write_json(run / "train_config.json", cfg.to_json())
         write_json(run / "model_config.json", model.config.to_dict())
-        write_json(run / "codec.json", codec.to_json())
-        vocab.save(run / "tokenizer.json")
+        write_hf_files(run, model.config, codec)  # + RUN/model.safetensors when finished
         if not (run / "data_summary.json").exists():
             write_json(
                 run / "data_summary.json",
@@ -447,6 +621,7 @@ def train(
     fwd_model: torch.nn.Module = model
     if cfg.compile:
         fwd_model = torch.compile(model)
+    eval_model = fwd_model  # validation needs no DDP: ranks may run unequal numbers of batches
     if dist.world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -458,10 +633,10 @@ def train(
             return contextlib.nullcontext()
         return torch.autocast(dist.device.type, dtype=amp_dtype)
 
-    def loss_sum(ids: torch.Tensor) -> torch.Tensor:
+    def loss_sum(ids: torch.Tensor, net: torch.nn.Module | None = None) -> torch.Tensor:
         labels = torch.where(ids == 0, D.IGNORE, ids)[:, 1:]
         with autocast():
-            logits = fwd_model(input_ids=ids).logits[:, :-1]
+            logits = (fwd_model if net is None else net)(input_ids=ids).logits[:, :-1]
         loss = F.cross_entropy(
             logits.float().reshape(-1, logits.shape[-1]),
             labels.reshape(-1),
@@ -474,14 +649,21 @@ def train(
         t = torch.from_numpy(a)
         return t.pin_memory().to(dist.device, non_blocking=True) if cuda else t
 
+    val_blocks = val_packed.blocks(0)
+    # The first eval_batches x batch_size val blocks of the whole job, shared by the ranks.
+    val_plan = D.eval_blocks(
+        len(val_blocks), cfg.eval_batches, cfg.batch_size, dist.world, dist.rank
+    )
+
     @torch.no_grad()
     def evaluate() -> float:
         fwd_model.eval()
-        n_steps = min(cfg.eval_batches, len(val_packed.blocks(0)) // val_packed.per_step)
         tot = cnt = 0.0
-        for k in range(n_steps):
-            ((ids, _),) = val_packed.step_batches(0, k)
-            ls = loss_sum(to_dev(ids))
+        for mb in val_plan:
+            ids = np.stack(
+                [D.build_block(val_split, val_blocks[int(b)], cfg.n_positions) for b in mb]
+            )
+            ls = loss_sum(to_dev(ids), eval_model)
             tot, cnt = tot + float(ls), cnt + int((ids[:, 1:] != 0).sum())
         tot, cnt = dist.all_sum(tot, cnt)
         fwd_model.train()
@@ -518,11 +700,13 @@ def train(
 
     stop = {"signal": None}
 
-    def on_signal(signum, _frame):  # SLURM preemption / Ctrl-C: save, then stop
+    def on_signal(signum, _frame):  # SLURM preemption / time limit / Ctrl-C: save, then stop
+        if signum == signal.SIGINT and stop["signal"] == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without saving
         stop["signal"] = signum
 
     old_handlers = {}
-    for s in (signal.SIGTERM, signal.SIGUSR1):
+    for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
         with contextlib.suppress(ValueError):  # not the main thread
             old_handlers[s] = signal.signal(s, on_signal)
 
@@ -619,9 +803,7 @@ def train(
                         _log_line(run, writer, rec)
                         if pbar:
                             pbar.set_postfix(loss=f"{rec['loss']:.3f}", tok_s=f"{tps:,.0f}")
-                    window.update(
-                        t=time.perf_counter(), tokens=0, steps=0, loss=0.0, n=0.0, real=0
-                    )
+                    window.update(t=time.perf_counter(), tokens=0, steps=0, loss=0.0, n=0.0, real=0)
             done = state["step"] == total
             if state["step"] % cfg.eval_every == 0 or done:
                 t_eval = time.perf_counter()
@@ -651,7 +833,11 @@ def train(
             if state["step"] % cfg.save_every == 0 or done or stopped:
                 with timers("checkpoint"):
                     if dist.main:
-                        save_checkpoint(run, model, opt, scaler, dict(state), cfg.keep_checkpoints)
+                        save_checkpoint(
+                            run, model, opt, scaler, dict(state), cfg.keep_checkpoints, codec
+                        )
+                        if done:
+                            save_final_model(run, model, codec)
                     if dist.world > 1:
                         torch.distributed.barrier()
             if stopped:

@@ -4,6 +4,11 @@ Examples:
   bandmate train data/ -o runs/tiny --preset tiny --max-steps 200
   torchrun --nproc-per-node 8 -m bandmate train data/ -o runs/seed --preset seed
   bandmate train data/ -o runs/seed --resume            (continue a stopped run)
+  bandmate train data/ -o runs/seed --auto-resume       (continue it if it exists, else start)
+
+Exit status: 0 when the run finished (all its steps), 75 (EX_TEMPFAIL) when it stopped
+unfinished after saving a checkpoint (SIGTERM, SIGUSR1, Ctrl-C, --time-limit-min): run the same
+command with --resume (or --auto-resume) to continue; 2 for a usage or run-folder error.
 """
 
 from __future__ import annotations
@@ -12,15 +17,24 @@ import argparse
 import logging
 from dataclasses import fields
 
-from bandmate.training.train import TrainConfig, train
+from bandmate.training.train import RunFolderError, TrainConfig, train
 
 log = logging.getLogger(__name__)
+
+#: sysexits.h EX_TEMPFAIL: "try again later" -- a stopped run that resumes with --resume.
+EXIT_UNFINISHED = 75
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", help="folder written by `bandmate prepare`")
     parser.add_argument("-o", "--out", required=True, help="run folder (checkpoints, logs)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument(
+        "--auto-resume",
+        action="store_true",
+        help="continue the run in --out if there is one, else start it (decided by rank 0; "
+        "for launchers that restart a job)",
+    )
     parser.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     defaults = TrainConfig()
@@ -47,11 +61,11 @@ def run(args: argparse.Namespace) -> int:
             args.data,
             args.out,
             cfg,
-            resume=args.resume,
+            resume="auto" if args.auto_resume else args.resume,
             device=args.device,
             progress=not args.no_progress,
         )
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, RunFolderError) as e:
         log.error("%s", e)
         return 2
-    return 0 if summary["finished"] or summary["steps"] else 1
+    return 0 if summary["finished"] else EXIT_UNFINISHED

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from bandmate.models.sampler import DEFAULT_TEMPERATURE
 from bandmate.models.session import ModelSession
 from bandmate.models.types import Note, Piece
 
@@ -26,7 +27,7 @@ class JobSpec:
     kind: str = "continue"
     bars: int = 4
     instrument: str = "BASS"
-    temperature: float = 1.0
+    temperature: float = DEFAULT_TEMPERATURE
     density: int | None = None
     variations: int = 1
     seed: int | None = None

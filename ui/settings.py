@@ -12,6 +12,8 @@ import logging
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Protocol
 
+from bandmate.models.sampler import DEFAULT_TEMPERATURE
+
 log = logging.getLogger(__name__)
 
 CLOCK_SOURCES = ("daw", "internal")
@@ -31,7 +33,9 @@ class AppSettings:
     tempo: float = field(default=120.0, metadata={"help": "internal tempo in BPM"})
     model_dir: str = field(default="", metadata={"help": "exported model folder; '' = shipped"})
     bars: int = field(default=4, metadata={"help": "bars to generate: 4 or 8"})
-    temperature: float = field(default=1.0, metadata={"help": "sampling temperature 0.1..2.0"})
+    temperature: float = field(
+        default=DEFAULT_TEMPERATURE, metadata={"help": "sampling temperature 0.1..2.0"}
+    )
     density: int = field(default=-1, metadata={"help": "note density bucket; -1 = automatic"})
     instrument: str = field(default="BASS", metadata={"help": "INST label for Add track"})
     variations: int = field(default=1, metadata={"help": "takes per click, 1..4"})

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
+from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -72,3 +75,58 @@ def test_context_full_is_an_error(sess):
     cache.feed([[20] * (sess.n_positions - 1)])
     with pytest.raises(ContextFull):
         cache.feed([[20, 21]])
+
+
+class _FakeCudaSession:
+    """An ORT session that says it runs on CUDA (this machine has none): records the graph."""
+
+    opened: ClassVar[list[tuple[str, tuple[str, ...]]]] = []
+
+    real: ClassVar[type] = object
+
+    def __init__(self, path, options=None, providers=()):
+        _FakeCudaSession.opened.append((Path(path).name, tuple(providers)))
+        self._real = self.real(path, options, providers=["CPUExecutionProvider"])
+        self._providers = list(providers)
+
+    def get_providers(self):
+        return self._providers
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    import onnxruntime as ort
+
+    _FakeCudaSession.opened = []
+    _FakeCudaSession.real = ort.InferenceSession
+    monkeypatch.setattr(
+        ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    monkeypatch.setattr(ort, "InferenceSession", _FakeCudaSession)
+    return _FakeCudaSession.opened
+
+
+def test_int8_only_folder_runs_the_cpu_decode_graph_even_with_cuda(fake_cuda, caplog):
+    with caplog.at_level(logging.INFO, logger="bandmate.models.session"):
+        s = ModelSession.load()  # the shipped model: int8 graphs only
+    assert (s.provider, s.onnx_file, s.fast) == ("CPU", "model.kv.int8.onnx", True)
+    assert fake_cuda == [("model.kv.int8.onnx", ("CPUExecutionProvider",))]
+    assert "on CPU" in caplog.text and "int8 is a CPU format" in caplog.text
+    with pytest.raises(ModelError, match="--fp16"):
+        ModelSession.load(device="cuda")
+
+
+def test_a_gpu_graph_runs_on_cuda_when_it_is_there(fake_cuda, model_dir, caplog):
+    with caplog.at_level(logging.INFO, logger="bandmate.models.session"):
+        s = ModelSession.load(model_dir)  # fp32 graph
+    assert (s.provider, s.onnx_file) == ("CUDA", "model.onnx")
+    assert fake_cuda[0] == ("model.onnx", ("CUDAExecutionProvider", "CPUExecutionProvider"))
+    assert "on CUDA (model.onnx)" in caplog.text
+    # An int8 graph is never the CUDA graph; fp16 is preferred over fp32 when both exist.
+    files = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+    assert session_mod._gpu_graph(model_dir, files, "int8") is None
+    assert session_mod._gpu_graph(model_dir, files, "default") == "model.onnx"
+    assert ModelSession.load(model_dir, device="cpu").provider == "CPU"
