@@ -414,9 +414,10 @@ def _write(src, task: str, runs: list[_Run], outputs: list[Path], args, session)
             parts, meter_at = M.continuation(src, r.section, r.notes.get(v, {}), r.piece.steps)
         elif task == "add":
             by_sec = {r.section: next(iter(r.notes[v].values()), []) for r in runs if v in r.notes}
-            label = runs[0].kw["instrument"]
-            name = f"GM {label}" if label.isdigit() else label.title()
-            program = int(label) if label.isdigit() else 0
+            from bandmate.models.generate import resolve_instrument
+
+            label, program = resolve_instrument(session, runs[0].kw["instrument"])
+            name = f"GM {program}" if label.isdigit() else label.title()
             parts = [M.added_track(src, by_sec, f"{name} (bandmate)", program, label == "DRUMS")]
         else:
             r = runs[0]

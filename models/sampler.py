@@ -16,8 +16,8 @@ from bandmate.models.grammar import parse_scale
 
 #: The defaults of the CLI, the app and the live engine, picked by bench/quality.py --sweep on
 #: the tuning chorales (never the held-out ones): docs/generation.md, "Sampling defaults".
-DEFAULT_TEMPERATURE = 1.0
-DEFAULT_TOP_P = 0.95
+DEFAULT_TEMPERATURE = 0.6
+DEFAULT_TOP_P = 0.9
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ def test_names_resolve_and_list(shipped, band_model_dir, capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert "band" in out and "gm-family" in out and "Drums" in out and "MB" in out
-    assert "jsf-chorales-small" in out  # the default model card's title
+    assert "jsf-chorales-6x256" in out  # the default model card's title
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "band     General MIDI" in capsys.readouterr().out
