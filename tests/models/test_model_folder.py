@@ -27,7 +27,7 @@ def test_shipped_folder_reads_as_version_1_and_writes_back():
     raw = shipped_json()
     desc = ModelDescription.read(default_model_dir())
     assert (FORMAT, VERSION, desc.version) == ("bandmate-model", 1, 1)
-    assert desc.model == ModelDims(4, 4, 256, 1024, 419) and desc.model.head_dim == 64
+    assert desc.model == ModelDims(6, 4, 256, 576, 419) and desc.model.head_dim == 64
     assert desc.labels_seen == ("SOPRANO", "ALTO", "TENOR", "BASS")
     assert desc.graph("default") == "model.int8.onnx" and desc.graph("kv_int8")
     back = desc.to_json()
