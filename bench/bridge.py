@@ -3,7 +3,7 @@
     python bench/bridge.py [--period 256] [--notes 2048] [--flood-rate 5000] [--flood-s 10]
 
 Phases, all through real JACK MIDI ports between bandmate's Bridge and a stand-in DAW
-(bandmate.bridge.dawsim) that sends MIDI clock:
+(tests/support/dawsim.py) that sends MIDI clock:
 1. scheduled output of >= 2,000 notes (16 per 16th step on 4 channels) plus a thru path (a note
    every 50 ms echoed by the bridge), while another process keeps one CPU core busy;
 2. an input flood (note on/off, each message unique) for ``--flood-s`` seconds;
@@ -30,13 +30,16 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import mido
 from bandmate.bridge.clock import TICKS_PER_STEP
-from bandmate.bridge.dawsim import DawSim, pair_notes
 from bandmate.bridge.facade import Bridge, BridgeConfig, wait_until
-from bandmate.bridge.jackserver import JackServer
 from bandmate.models.types import Note
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tests/support
+from support.dawsim import DawSim, pair_notes
+from support.jackserver import JackServer
 
 TEMPO = 120.0
 CHANNELS = (0, 1, 2, 3)

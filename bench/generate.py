@@ -70,7 +70,8 @@ def prompts(config, n: int) -> list:
 def seed_model(folder: Path) -> Path:
     meta = folder / "bandmate.json"
     if not meta.is_file() or not json.loads(meta.read_text())["onnx"].get("kv_int8"):
-        from bandmate.training.export import export_random
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tests/support
+        from support.models import export_random
 
         print(f"exporting the seed-size random model to {folder} ...", file=sys.stderr)
         export_random(

@@ -23,24 +23,22 @@ import time
 from pathlib import Path
 
 import torch
-from bandmate.training.export import CHORALE_CODEC
+from bandmate.models.model_folder import ModelDims, gpt2_config
 from bandmate.training.flops import flops_per_token, peak_tflops
-from bandmate.training.synthetic import write_synthetic_data
 from bandmate.training.train import PRESETS, TrainConfig, train
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tests/support
+from support.models import CHORALE_CODEC
+from support.synthetic import write_synthetic_data
 
 
 def baseline(preset: dict, vocab: int, batch: int, steps: int, warmup: int, dev) -> float:
     """The common recipe: fp16 autocast + GradScaler, eager attention, HF loss. tokens/s."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import GPT2LMHeadModel
 
-    cfg = GPT2Config(
-        vocab_size=vocab,
-        n_positions=preset["n_positions"],
-        n_embd=preset["n_embd"],
-        n_layer=preset["n_layer"],
-        n_head=preset["n_head"],
-    )
-    cfg._attn_implementation = "eager"
+    dims = ModelDims(preset["n_layer"], preset["n_head"], preset["n_embd"],
+                     preset["n_positions"], vocab)
+    cfg = gpt2_config(dims, attention="eager")
     model = GPT2LMHeadModel(cfg).to(dev).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     cuda = dev.type == "cuda"

@@ -156,7 +156,7 @@ class Bridge:
             raise
         self.inp.start()
         if self.api == rtmidi.API_UNIX_JACK:
-            from bandmate.bridge.jackserver import XrunCounter
+            from bandmate.bridge.jack_client import XrunCounter
 
             try:
                 server = os.environ.get("JACK_DEFAULT_SERVER", "default")

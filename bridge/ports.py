@@ -59,7 +59,7 @@ def quiet_libjack() -> bool:
     import ctypes
 
     try:
-        from bandmate.bridge.jackserver import libjack_path
+        from bandmate.bridge.jack_client import libjack_path
 
         lib = ctypes.CDLL(libjack_path())
     except Exception as e:  # no libjack: nothing prints either

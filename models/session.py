@@ -1,6 +1,7 @@
 """A loaded model folder and its KV-cached ONNX Runtime decoder.
 
-`ModelSession.load(dir)` reads ``bandmate.json`` and ``tokenizer.json`` (docs/contracts.md,
+`ModelSession.load(dir)` reads ``bandmate.json`` (validated, as
+`bandmate.models.model_folder.ModelDescription`) and ``tokenizer.json`` (docs/contracts.md,
 "Model folder") and opens the ONNX graph on the CUDA provider when onnxruntime-gpu finds a
 working CUDA *and* the folder has a graph made for a GPU (fp16 or fp32), else on the CPU
 provider, quietly, with one log line saying which and why. A folder with only int8 graphs (the
@@ -25,7 +26,6 @@ exports, fp16, CUDA) use `KVCache` over the contract graph.
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import os
 import threading
@@ -37,6 +37,14 @@ from typing import Any
 
 import numpy as np
 from bandmate.models.config import CodecConfig
+from bandmate.models.model_folder import (
+    META_NAME,
+    TOKENIZER_NAME,
+    ModelDescription,
+    ModelFolderError,
+    decode_io_names,
+    graph_io_names,
+)
 from bandmate.models.vocab import PAD, Vocab
 
 log = logging.getLogger(__name__)
@@ -78,22 +86,12 @@ def _threads(fast: bool = False) -> int:
     return max(1, min(n, 8))
 
 
-def fast_io_names(n_layer: int) -> tuple[list[str], list[str]]:
-    """Input and output names of the decode graph (``bandmate.training.export_fast``)."""
-    past = [f"past_{kv}.{i}" for i in range(n_layer) for kv in ("key", "value")]
-    present = [f"present_{kv}.{i}" for i in range(n_layer) for kv in ("key", "value")]
-    return ["input_ids", "position_ids", "seqlens_k", "total_sequence_length", *past], [
-        "logits",
-        *present,
-    ]
-
-
 @dataclass
 class ModelSession:
     """A model folder opened for generation (one ONNX Runtime session, reused by every job)."""
 
     path: Path
-    meta: dict
+    description: ModelDescription
     config: CodecConfig
     vocab: Vocab
     sess: Any
@@ -112,24 +110,28 @@ class ModelSession:
 
     @property
     def past_names(self) -> list[str]:
-        return [f"past_key_values.{i}.{kv}" for i in range(self.n_layer) for kv in ("key", "value")]
+        return graph_io_names(self.n_layer)[0][3:]
 
     @property
     def fetch_names(self) -> list[str]:
-        present = [f"present.{i}.{kv}" for i in range(self.n_layer) for kv in ("key", "value")]
-        return ["logits", *present]
+        return graph_io_names(self.n_layer)[1]
+
+    @property
+    def meta(self) -> dict:
+        """``bandmate.json`` as JSON (`description` is the typed form)."""
+        return self.description.to_json()
 
     @property
     def name(self) -> str:
-        return str(self.meta.get("name") or self.path.name)
+        return self.description.name or self.path.name
 
     @property
     def labels_seen(self) -> tuple[str, ...]:
-        return tuple(self.meta.get("labels_seen") or ())
+        return self.description.labels_seen
 
     @property
     def fills(self) -> bool:
-        return bool(self.meta.get("fills", False))
+        return self.description.fills
 
     @property
     def bars(self) -> int:
@@ -177,7 +179,7 @@ class ModelSession:
             raise ModelError(str(e)) from None
         shipped = resolved is None or resolved == default_model_dir()
         folder = default_model_dir() if resolved is None else resolved
-        meta_path = folder / "bandmate.json"
+        meta_path = folder / META_NAME
         if not meta_path.is_file():
             if shipped:
                 raise ModelError(
@@ -188,31 +190,30 @@ class ModelSession:
                 f"{folder} is not a bandmate model folder (no bandmate.json): pass a folder "
                 "made by 'bandmate export'"
             )
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format") != "bandmate-model":
-            raise ModelError(f"{meta_path} is not a bandmate model description")
-        config = CodecConfig.from_json(meta["codec"])
+        try:
+            desc = ModelDescription.read(folder)
+        except ModelFolderError as e:
+            raise ModelError(f"{e}: re-export the model with 'bandmate export'") from None
+        config = desc.codec
         vocab = config.vocab
-        tok = folder / "tokenizer.json"
+        tok = folder / TOKENIZER_NAME
         if tok.is_file() and Vocab.from_tokenizer_json(tok) != vocab:
             raise ModelError(f"{tok} does not match the codec in bandmate.json: re-export")
-        m = meta["model"]
-        if int(m["vocab_size"]) != vocab.size:
-            raise ModelError(f"{folder}: model vocab_size {m['vocab_size']} != {vocab.size}")
-        sess, provider, onnx_file, is_fast = _open(folder, meta, precision, device, fast)
-        n_head = int(m["n_head"])
+        sess, provider, onnx_file, is_fast = _open(folder, dict(desc.onnx), precision, device,
+                                                   fast)
+        m = desc.model
         return cls(
             path=folder,
-            meta=meta,
+            description=desc,
             config=config,
             vocab=vocab,
             sess=sess,
             provider=provider,
             onnx_file=onnx_file,
-            n_layer=int(m["n_layer"]),
-            n_head=n_head,
-            head_dim=int(m["n_embd"]) // n_head,
-            n_positions=int(m["n_positions"]),
+            n_layer=m.n_layer,
+            n_head=m.n_head,
+            head_dim=m.head_dim,
+            n_positions=m.n_positions,
             input_names=[i.name for i in sess.get_inputs()],
             output_names=[o.name for o in sess.get_outputs()],
             fast=is_fast,
@@ -278,11 +279,10 @@ def _gpu_graph(folder: Path, files: dict, precision: str) -> str | None:
 
 
 def _open(
-    folder: Path, meta: dict, precision: str, device: str, fast: bool | None = None
+    folder: Path, files: dict, precision: str, device: str, fast: bool | None = None
 ) -> tuple[Any, str, str, bool]:
     import onnxruntime as ort
 
-    files = meta.get("onnx") or {}
     has_cuda = device in ("auto", "cuda") and "CUDAExecutionProvider" in (
         ort.get_available_providers()
     )
@@ -461,7 +461,7 @@ class SharedKV:
     ) -> None:
         self.sess = sess
         self.batch, self.max_seq = batch, max_seq
-        self.ins, self.outs = fast_io_names(n_layer)
+        self.ins, self.outs = decode_io_names(n_layer)
         shape = (batch, n_head, max_seq, head_dim)
         self.buffers = [np.zeros(shape, np.float32) for _ in range(2 * n_layer)]
         self.vocab = int(sess.get_outputs()[0].shape[-1])

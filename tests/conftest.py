@@ -6,7 +6,7 @@ import os
 import time
 
 import pytest
-from bandmate.bridge.jackserver import JackServer
+from support.jackserver import JackServer
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +41,7 @@ def band_model_dir(tmp_path_factory):
     import json
 
     from bandmate.models.config import CodecConfig
-    from bandmate.training.export import export_random
+    from support.models import export_random
 
     codec = CodecConfig(label_scheme="gm-family", density_bins=4, density_edges=(14, 28, 53))
     out = export_random(tmp_path_factory.mktemp("band") / "band", codec=codec, seed=1)

@@ -1,6 +1,8 @@
 """Export a GPT-2 music model to an ONNX model folder with an explicit KV cache.
 
-The folder layout and tensor names are pinned in docs/contracts.md ("Model folder"): inputs
+The folder layout and tensor names are pinned in docs/contracts.md ("Model folder") and built
+in one place, `bandmate.models.model_folder` (``bandmate.json`` as `ModelDescription`, the names
+by `graph_io_names`, the GPT-2 config by `gpt2_config`): inputs
 ``input_ids``, ``attention_mask``, ``position_ids`` and ``past_key_values.{i}.key/.value``;
 outputs ``logits`` and ``present.{i}.key/.value``. The runtime (``bandmate.models.session``)
 keeps the cache itself, so the graph must take past keys/values as plain tensors: a small
@@ -23,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import io
+import json
 import logging
 import math
 import shutil
@@ -37,26 +40,29 @@ from typing import Any
 import numpy as np
 import torch
 from bandmate.models.config import CodecConfig
+from bandmate.models.model_folder import (
+    FP16_NAME,
+    FP32_NAME,
+    INT8_NAME,
+    META_NAME,
+    TOKENIZER_NAME,
+    ModelDescription,
+    ModelDims,
+    gpt2_config,
+    graph_io_names,
+)
+from bandmate.training.onnx_checks import (
+    Agreement,
+    ParityError,
+    cpu_session,
+    quiet_root_logger,
+)
 from bandmate.training.run_io import latest_checkpoint, read_json, write_json
 
 log = logging.getLogger(__name__)
 
-FORMAT = "bandmate-model"
-VERSION = 1
-FP32_NAME, INT8_NAME, FP16_NAME = "model.onnx", "model.int8.onnx", "model.fp16.onnx"
-
-#: The chorale codec that tests and random models use (density edges = note counts per voice
-#: in 4 bars; the real ones come from ``bandmate prepare``'s manifest).
-CHORALE_CODEC = CodecConfig(
-    voices=("SOPRANO", "ALTO", "TENOR", "BASS"), density_bins=4, density_edges=(8.0, 12.0, 16.0)
-)
-
 #: (batch, new tokens, past tokens) checked at the end of every export.
 PARITY_SHAPES: tuple[tuple[int, int, int], ...] = ((1, 9, 0), (3, 5, 0), (1, 1, 12), (2, 4, 7))
-
-
-class ParityError(RuntimeError):
-    """The exported graph does not compute what the PyTorch model computes."""
 
 
 @dataclass(frozen=True)
@@ -88,13 +94,6 @@ class ExportConfig:
     @classmethod
     def from_json(cls, d: dict) -> ExportConfig:
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
-
-
-def io_names(n_layer: int) -> tuple[list[str], list[str]]:
-    """ONNX input and output names of a model with ``n_layer`` blocks (docs/contracts.md)."""
-    past = [f"past_key_values.{i}.{kv}" for i in range(n_layer) for kv in ("key", "value")]
-    present = [f"present.{i}.{kv}" for i in range(n_layer) for kv in ("key", "value")]
-    return ["input_ids", "attention_mask", "position_ids", *past], ["logits", *present]
 
 
 class KVWrapper(torch.nn.Module):
@@ -162,7 +161,7 @@ def export_onnx(model: torch.nn.Module, path: Path, opset: int = 18) -> Path:
         {0: b, 1: s},
         tuple({0: b, 2: p} for _ in range(2 * wrapper.n_layer)),
     )
-    ins, outs = io_names(wrapper.n_layer)
+    ins, outs = graph_io_names(wrapper.n_layer)
     path = Path(path)
     t0 = time.perf_counter()
     quiet = contextlib.redirect_stdout(io.StringIO())  # the exporter prints its steps
@@ -187,14 +186,6 @@ def export_onnx(model: torch.nn.Module, path: Path, opset: int = 18) -> Path:
     return path
 
 
-def _session(path: Path) -> Any:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
 def parity_check(
     model: torch.nn.Module,
     onnx_path: Path,
@@ -208,8 +199,8 @@ def parity_check(
     """
     model = model.float().eval()
     wrapper = KVWrapper(model).eval()
-    sess = _session(onnx_path)
-    ins, _ = io_names(wrapper.n_layer)
+    sess = cpu_session(onnx_path)
+    ins, _ = graph_io_names(wrapper.n_layer)
     worst_logit = worst_kv = 0.0
     cases = []
     for k, (b, s, p) in enumerate(shapes):
@@ -245,11 +236,6 @@ def parity_check(
     return result
 
 
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x - x.max(-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(-1, keepdims=True))
-
-
 def agreement(
     model: torch.nn.Module, onnx_path: Path, sequences: Sequence[np.ndarray] | None = None
 ) -> dict:
@@ -259,15 +245,14 @@ def agreement(
     quantised model's agreement says little about the distributions generation meets.
     """
     model = model.float().eval()
-    sess = _session(onnx_path)
-    ins, _ = io_names(int(model.config.n_layer))
+    sess = cpu_session(onnx_path)
+    ins, _ = graph_io_names(int(model.config.n_layer))
     cfg = model.config
     if not sequences:
         g = np.random.default_rng(0)
         sequences = [g.integers(0, cfg.vocab_size, 64) for _ in range(4)]
     hd = cfg.n_embd // cfg.n_head
-    match = total = 0
-    kl_sum = 0.0
+    agree = Agreement()
     for seq in sequences:
         seq = np.asarray(seq, np.int64)[: cfg.n_positions][None]
         n = seq.shape[1]
@@ -281,24 +266,16 @@ def agreement(
         for name in ins[3:]:
             feed[name] = np.zeros((1, cfg.n_head, 0, hd), np.float32)
         got = sess.run(["logits"], feed)[0][0].astype(np.float32)
-        lp, lq = _log_softmax(ref), _log_softmax(got)
-        kl_sum += float((np.exp(lp) * (lp - lq)).sum())
-        match += int((ref.argmax(-1) == got.argmax(-1)).sum())
-        total += n
-    return {"top1_match": match / max(total, 1), "mean_kl": kl_sum / max(total, 1), "tokens": total}
+        agree.add(ref, got)
+    return agree.report()
 
 
 def quantize_int8(src: Path, dst: Path) -> Path:
     """Dynamic int8 quantisation (weights int8, activations quantised at run time)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(max(level, logging.ERROR))  # ORT logs every tensor on the root logger
-    try:
+    with quiet_root_logger():
         quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
-    finally:
-        root.setLevel(level)
     return Path(dst)
 
 
@@ -323,28 +300,19 @@ def model_json(
     unigram_val_loss: float,
     extra: dict | None = None,
 ) -> dict:
-    """The ``bandmate.json`` of a model folder (docs/contracts.md)."""
+    """The ``bandmate.json`` of a model folder (`ModelDescription`, docs/contracts.md)."""
     default = files.get("int8") or files.get("fp32")
-    return {
-        "format": FORMAT,
-        "version": VERSION,
-        "name": name,
-        "codec": codec.to_json(),
-        "labels_seen": list(labels_seen),
-        "model": {
-            "n_layer": int(model_cfg.n_layer),
-            "n_head": int(model_cfg.n_head),
-            "n_embd": int(model_cfg.n_embd),
-            "n_positions": int(model_cfg.n_positions),
-            "vocab_size": int(model_cfg.vocab_size),
-        },
-        "onnx": {"default": default, **files},
-        "fills": False,
-        "training": training,
-        "val_loss": float(val_loss),
-        "unigram_val_loss": float(unigram_val_loss),
-        **(extra or {}),
-    }
+    return ModelDescription(
+        name=name,
+        codec=codec,
+        model=ModelDims.of(model_cfg),
+        onnx={"default": default, **files},
+        labels_seen=tuple(labels_seen),
+        training=training,
+        val_loss=float(val_loss),
+        unigram_val_loss=float(unigram_val_loss),
+        extra=extra or {},
+    ).to_json()
 
 
 def write_model_folder(
@@ -404,7 +372,7 @@ def write_model_folder(
             tolerance=config.tolerance,
         )
         files.update(kv_files)
-    vocab.save(out / "tokenizer.json")
+    vocab.save(out / TOKENIZER_NAME)
     name = config.name or out.resolve().name
 
     def finite(x: float) -> float:
@@ -421,7 +389,7 @@ def write_model_folder(
         finite(unigram_val_loss),
         {"export": {"config": config.to_json(), **report}},
     )
-    write_json(out / "bandmate.json", meta)
+    write_json(out / META_NAME, meta)
     return meta
 
 
@@ -429,52 +397,11 @@ def random_model(
     vocab_size: int, n_layer: int, n_head: int, n_embd: int, n_positions: int, seed: int = 0
 ) -> torch.nn.Module:
     """A randomly initialised GPT2LMHeadModel (tests, benchmarks)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import GPT2LMHeadModel
 
     torch.manual_seed(seed)
-    cfg = GPT2Config(
-        vocab_size=vocab_size,
-        n_positions=n_positions,
-        n_embd=n_embd,
-        n_layer=n_layer,
-        n_head=n_head,
-        bos_token_id=2,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
-    cfg._attn_implementation = "sdpa"
+    cfg = gpt2_config(ModelDims(n_layer, n_head, n_embd, n_positions, vocab_size))
     return GPT2LMHeadModel(cfg).eval()
-
-
-def export_random(
-    out_dir: str | Path,
-    codec: CodecConfig | None = None,
-    n_layer: int = 2,
-    n_head: int = 2,
-    n_embd: int = 64,
-    n_positions: int = 512,
-    seed: int = 0,
-    int8: bool = False,
-    kv: bool = False,
-) -> Path:
-    """A complete model folder with random weights, for tests of everything downstream.
-
-    Same files and names as a trained export (``kv``: plus the in-place decode graph that
-    the CPU runtime prefers, bandmate.training.export_fast); ``val_loss`` is ln(vocab size) (what an
-    untrained model scores) and ``training`` says ``random_weights``. Takes a few seconds.
-    """
-    codec = codec or CHORALE_CODEC
-    model = random_model(codec.vocab.size, n_layer, n_head, n_embd, n_positions, seed)
-    out = Path(out_dir)
-    write_model_folder(
-        model,
-        codec,
-        out,
-        ExportConfig(int8=int8, kv=kv, name=f"random-{n_layer}x{n_embd}-seed{seed}"),
-        labels_seen=codec.voices,
-        training={"random_weights": True, "seed": seed, "steps": 0, "tokens": 0},
-    )
-    return out
 
 
 def resolve_model_source(path: Path, checkpoint: Path | None = None) -> tuple[Path | None, Path]:
@@ -566,6 +493,23 @@ def _without_paths(obj: Any) -> Any:
     return obj
 
 
+def labels_seen_of(summary: dict) -> list[str]:
+    """The INST labels of a run's data, most frequent first: the prepare manifest's
+    ``labels_seen`` (counted once, by ``bandmate prepare``); data without one (older prepared
+    folders, synthetic data, a data folder no longer there) falls back to the labels that
+    training counted in its samples (``data_summary.json``'s ``labels``)."""
+    data_dir = summary.get("data_dir")
+    if data_dir:
+        manifest = Path(data_dir) / "manifest.json"
+        try:
+            seen = json.loads(manifest.read_text()).get("labels_seen")
+        except (OSError, ValueError, AttributeError):
+            seen = None
+        if isinstance(seen, dict) and seen:
+            return [str(k) for k in seen]  # label -> count, most frequent first
+    return list(summary.get("labels", []))
+
+
 def export_run(
     run: str | Path,
     out_dir: str | Path,
@@ -614,7 +558,7 @@ def export_run(
             codec,
             Path(tmp),
             config,
-            labels_seen=summary.get("labels", []),
+            labels_seen=labels_seen_of(summary),
             training=training,
             val_loss=float(state.get("val_loss") or float("nan")),
             unigram_val_loss=float(summary.get("unigram_val_loss") or float("nan")),

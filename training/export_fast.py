@@ -9,7 +9,7 @@ multi-head attention), whose caches are preallocated ``[batch, n_head, max_seq, 
 buffers: when the caller binds the same buffer as ``past_key.{i}`` and ``present_key.{i}``
 (IOBinding), the new keys/values are written into it in place and nothing is copied.
 
-Inputs (``fast_io_names``):
+Inputs (``bandmate.models.model_folder.decode_io_names``):
   ``input_ids`` int64 [batch, seq], ``position_ids`` int64 [batch, seq],
   ``seqlens_k`` int32 [batch] (each row's valid cache length after this call, minus one),
   ``total_sequence_length`` int32 scalar (max over rows of seqlens_k + 1; equal to ``seq`` on
@@ -42,12 +42,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from bandmate.models.session import SharedKV, fast_io_names
-from bandmate.training.export import ParityError, _log_softmax
+from bandmate.models.model_folder import KV_FP32_NAME, KV_INT8_NAME, decode_io_names
+from bandmate.models.session import SharedKV
+from bandmate.training.onnx_checks import Agreement, ParityError, cpu_session, quiet_root_logger
 
 log = logging.getLogger(__name__)
 
-KV_FP32_NAME, KV_INT8_NAME = "model.kv.onnx", "model.kv.int8.onnx"
 MS = "com.microsoft"
 LM_HEAD = "lm_head_matmul"
 
@@ -117,7 +117,7 @@ def build_fast_graph(model: torch.nn.Module, opset: int = 17) -> Any:
             epsilon=eps,
         )
 
-    ins, outs = fast_io_names(n_layer)
+    ins, outs = decode_io_names(n_layer)
     wte = w("wte", sd["transformer.wte.weight"])
     wpe = w("wpe", sd["transformer.wpe.weight"])
     tok = node("Gather", [wte, "input_ids"], ["tok_emb"], "tok_gather", axis=0)
@@ -195,10 +195,7 @@ def quantize_fast_int8(src: Path, dst: Path, keep_lm_head: bool = True) -> Path:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(max(level, logging.ERROR))  # ORT logs every tensor on the root logger
-    try:
+    with quiet_root_logger():
         quantize_dynamic(
             str(src),
             str(dst),
@@ -208,8 +205,6 @@ def quantize_fast_int8(src: Path, dst: Path, keep_lm_head: bool = True) -> Path:
             # Shape inference does not know the contrib attention op's output types.
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )
-    finally:
-        root.setLevel(level)
     return Path(dst)
 
 
@@ -218,12 +213,7 @@ def quantize_fast_int8(src: Path, dst: Path, keep_lm_head: bool = True) -> Path:
 
 def open_fast(path: Path, threads: int = 1) -> Any:
     """A CPU InferenceSession of a decode graph (checks, tests)."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return cpu_session(path, threads)
 
 
 # ------------------------------------------------------------------------------ checks
@@ -313,17 +303,13 @@ def fast_agreement(
     if not sequences:
         g = np.random.default_rng(0)
         sequences = [g.integers(0, cfg.vocab_size, 64) for _ in range(4)]
-    match = total = 0
-    kl = 0.0
+    agree = Agreement()
     for s in sequences:
         s = [int(t) for t in np.asarray(s)[: cfg.n_positions]]
         ref = _torch_logits(model, [s])[0]
         got = _decode_rows(model, sess, [s], [max(1, len(s) // 2)])[0]
-        lp, lq = _log_softmax(ref), _log_softmax(got)
-        kl += float((np.exp(lp) * (lp - lq)).sum())
-        match += int((ref.argmax(-1) == got.argmax(-1)).sum())
-        total += len(s)
-    return {"top1_match": match / max(total, 1), "mean_kl": kl / max(total, 1), "tokens": total}
+        agree.add(ref, got)
+    return agree.report()
 
 
 def write_fast(

@@ -41,6 +41,12 @@ def run(args: argparse.Namespace) -> int:
     if args.version:
         print(f"bandmate {__version__}")
         return 0
+    from bandmate.ui.qt_check import platform_problem
+
+    hint = platform_problem()
+    if hint:  # Qt would abort with its own message; say what fixes it instead
+        print(hint, file=sys.stderr)
+        return 1
     verbose = args.verbose or logging.getLogger().isEnabledFor(logging.DEBUG)
     if args.verbose:
         logging.getLogger().setLevel(logging.DEBUG)
@@ -49,12 +55,6 @@ def run(args: argparse.Namespace) -> int:
 
         silence_midi_library_logs()
     log.debug("verbose: %s", verbose)
-    from bandmate.ui.qt_check import platform_problem
-
-    hint = platform_problem()
-    if hint:  # Qt would abort with its own message; say what fixes it instead
-        print(hint, file=sys.stderr)
-        return 1
     from bandmate.ui.window import MainWindow
     from PyQt6.QtCore import QSettings, QTimer
     from PyQt6.QtWidgets import QApplication
@@ -67,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
     if args.reset_settings:
         store.clear()
     win = MainWindow(store=store, model_path=args.model)
-    win.seed = args.seed
-    win.meter = args.meter
+    win.ctl.seed = args.seed
+    win.ctl.meter = args.meter
     if args.midi:
         win.open_midi(args.midi)
     win.show()
@@ -86,14 +86,14 @@ def _screenshot(app, win, path: str, generate: bool) -> int:
     state = {"started": False}
 
     def poll() -> None:
-        if win.session is None and not win.model_error:
+        if win.ctl.session is None and not win.ctl.model_error:
             return
-        if generate and win.session is not None and not state["started"]:
+        if generate and win.ctl.session is not None and not state["started"]:
             state["started"] = win.generate("continue")
             if not state["started"]:
                 loop.quit()
             return
-        if win.worker is not None and win.worker.is_running():
+        if win.jobs.worker is not None and win.jobs.worker.is_running():
             return
         loop.quit()
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from bandmate.models.sampler import DEFAULT_TEMPERATURE
+from bandmate.models.session import ModelSession
 from bandmate.models.types import Note, Piece
 
 JOB_KINDS = ("continue", "add")
@@ -196,12 +197,11 @@ class SpecGenerator:
     """A live job's generator (`bandmate.bridge.live.Generator`) with the click's controls
     (temperature, seed, density) over the window's engine functions (real or fake)."""
 
-    def __init__(self, session: Any, spec: JobSpec, engine: Engine | None = None) -> None:
+    def __init__(self, session: ModelSession, spec: JobSpec, engine: Engine | None = None) -> None:
         self.session = session
         self.spec = spec
         self._eng = engine or default_engine()
-        seen = tuple(getattr(session, "labels_seen", ()) or ())
-        self.labels = seen or tuple(getattr(getattr(session, "config", None), "labels", ()))
+        self.labels = session.labels_seen or tuple(session.config.labels)
 
     def _sampling(self) -> Any:
         return self._eng.sampling(temperature=self.spec.temperature, seed=self.spec.seed)

@@ -8,8 +8,7 @@ thread, where the window draws them.
 
 from __future__ import annotations
 
-from typing import Any
-
+from bandmate.bridge.facade import Bridge
 from bandmate.bridge.live import Generator, LiveConfig, LiveEngine, LiveEvent, LiveJob
 from bandmate.models.types import Piece
 from PyQt6.QtCore import QObject, pyqtSignal
@@ -20,7 +19,7 @@ class LiveLink(QObject):
 
     event = pyqtSignal(object)
 
-    def __init__(self, bridge: Any, parent: QObject | None = None) -> None:
+    def __init__(self, bridge: Bridge, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.engine = LiveEngine(bridge.clock, bridge.capture, bridge.scheduler, None,
                                  LiveConfig())

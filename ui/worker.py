@@ -13,6 +13,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from bandmate.models.session import ModelSession
 from bandmate.models.types import Piece
 from bandmate.ui.jobs import Engine, JobSpec, Progress, StreamNote, TakeDone, run_job
 from PyQt6.QtCore import QObject, pyqtSignal
@@ -55,7 +56,7 @@ class GenerationWorker(QObject):
 
     def __init__(
         self,
-        session: Any,
+        session: ModelSession,
         prompt: Piece,
         spec: JobSpec,
         engine: Engine | None = None,

@@ -14,10 +14,13 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from bandmate.bridge.live.policy import StreamPlacer
 from bandmate.models.types import Piece
+
+if TYPE_CHECKING:
+    from bandmate.models.session import ModelSession
 
 JOB_KINDS = ("continue", "add")
 _ids = itertools.count(1)
@@ -38,15 +41,15 @@ class Generator(Protocol):
 class EngineGenerator:
     """The real engine (bandmate.models.generate) behind the Generator protocol."""
 
-    def __init__(self, session: Any, sampling: Any = None, density: int | None = None) -> None:
+    def __init__(self, session: ModelSession, sampling: Any = None,
+                 density: int | None = None) -> None:
         from bandmate.models import generate
 
         self._gen = generate
         self.session = session
         self.sampling = sampling if sampling is not None else generate.SamplingConfig()
         self.density = density
-        seen = tuple(getattr(session, "labels_seen", ()) or ())
-        self.labels = seen or tuple(session.config.labels)
+        self.labels = session.labels_seen or tuple(session.config.labels)
 
     @classmethod
     def load(cls, model: str | None = None, seed: int | None = None) -> EngineGenerator:

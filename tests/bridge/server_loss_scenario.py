@@ -11,12 +11,15 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the support package
 
 from bandmate.bridge import Bridge, BridgeConfig
-from bandmate.bridge.dawsim import DawSim, pair_notes
 from bandmate.bridge.facade import wait_until
-from bandmate.bridge.jackserver import JackServer
 from bandmate.models.types import Note
+from support.dawsim import DawSim, pair_notes
+from support.jackserver import JackServer
 
 
 def main() -> int:

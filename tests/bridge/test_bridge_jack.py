@@ -1,4 +1,4 @@
-"""The bridge on a real JACK server, seen from a stand-in DAW (bandmate.bridge.dawsim).
+"""The bridge on a real JACK server, seen from a stand-in DAW (tests/support/dawsim.py).
 
 Timing is checked against the clock ticks the DAW sent (tolerance: a fraction of a step),
 never against wall-clock thresholds.
@@ -9,9 +9,9 @@ from __future__ import annotations
 import mido
 import pytest
 from bandmate.bridge import Bridge, BridgeConfig
-from bandmate.bridge.dawsim import DawSim, pair_notes
 from bandmate.bridge.facade import wait_until
 from bandmate.models.types import Note
+from support.dawsim import DawSim, pair_notes
 
 pytestmark = pytest.mark.jack
 

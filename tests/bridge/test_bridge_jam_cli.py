@@ -16,8 +16,8 @@ import time
 
 import mido
 import pytest
-from bandmate.bridge.dawsim import DawSim, pair_notes
 from bandmate.bridge.facade import wait_until
+from support.dawsim import DawSim, pair_notes
 
 pytestmark = pytest.mark.jack
 
@@ -26,7 +26,7 @@ TEMPO = 160.0  # bar = 1.5 s
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    from bandmate.training.export import export_random
+    from support.models import export_random
 
     return export_random(tmp_path_factory.mktemp("jam-model") / "tiny", seed=1)
 

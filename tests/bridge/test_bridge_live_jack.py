@@ -1,4 +1,4 @@
-"""The live engine on a real JACK server, driven by the stand-in DAW (bandmate.bridge.dawsim)
+"""The live engine on a real JACK server, driven by the stand-in DAW (tests/support/dawsim.py)
 the way a working session drives it: tempo steps both ways, bursts of lost clocks, a loop
 back to bar 1, Stop during generation, a second trigger, a DAW that vanishes and comes back.
 
@@ -15,11 +15,11 @@ import threading
 import mido
 import pytest
 from bandmate.bridge import Bridge, BridgeConfig
-from bandmate.bridge.dawsim import DawSim, pair_notes
 from bandmate.bridge.facade import wait_until
 from bandmate.bridge.jam import JamConfig, JamController
 from bandmate.models.generate import BarDone, Done, NoteEvent
 from bandmate.models.types import Note
+from support.dawsim import DawSim, pair_notes
 
 pytestmark = pytest.mark.jack
 

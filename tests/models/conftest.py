@@ -8,7 +8,7 @@ from bandmate.models.session import ModelSession
 
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory):
-    from bandmate.training.export import export_random
+    from support.models import export_random
 
     return export_random(tmp_path_factory.mktemp("model") / "tiny", seed=0)
 

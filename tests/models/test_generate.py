@@ -155,7 +155,7 @@ def test_infill_on_a_fill_model(model_dir, prompt, tmp_path):
 
 @pytest.fixture(scope="session")
 def small_ctx(tmp_path_factory):
-    from bandmate.training.export import export_random
+    from support.models import export_random
 
     return ModelSession.load(
         export_random(tmp_path_factory.mktemp("small") / "m", n_positions=160, seed=1)

@@ -230,7 +230,7 @@ def test_progress_bar_on_a_terminal_only(model_dir, src, tmp_path, capsys, monke
 
 
 def test_a_200_track_prompt_prints_short_lines_once(tmp_path, capsys, caplog):
-    from bandmate.training.export import export_random
+    from support.models import export_random
 
     small = export_random(tmp_path / "m", n_positions=160, seed=1)
     mid = mido.MidiFile(ticks_per_beat=96)

@@ -22,7 +22,7 @@ CHORALE = Path(__file__).parents[1] / "data" / "jsfakes-0.mid"
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from bandmate.training.export import export_random
+    from support.models import export_random
 
     return export_random(tmp_path_factory.mktemp("model") / "tiny", seed=0, kv=True)
 

@@ -9,19 +9,19 @@ import onnxruntime as ort
 import pytest
 import torch
 from bandmate.models.config import CodecConfig
+from bandmate.models.model_folder import graph_io_names
 from bandmate.models.vocab import Vocab
 from bandmate.training.export import (
-    CHORALE_CODEC,
     ExportConfig,
     KVWrapper,
     ParityError,
     export_onnx,
-    export_random,
-    io_names,
+    labels_seen_of,
     parity_check,
     random_model,
     write_model_folder,
 )
+from support.models import CHORALE_CODEC, export_random
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def test_folder_files_and_metadata(folder):
 @pytest.mark.parametrize("fname", ["model.onnx", "model.int8.onnx"])
 def test_onnx_io_matches_contract(folder, fname):
     sess = ort.InferenceSession(str(folder / fname), providers=["CPUExecutionProvider"])
-    ins, outs = io_names(2)
+    ins, outs = graph_io_names(2)
     assert [i.name for i in sess.get_inputs()] == ins
     assert [o.name for o in sess.get_outputs()] == outs
     types = {i.name: i.type for i in sess.get_inputs()}
@@ -159,3 +159,13 @@ def test_export_config_validates():
         ExportConfig(opset=13)
     c = ExportConfig(int8=True, name="x")
     assert ExportConfig.from_json(json.loads(json.dumps(c.to_json()))) == c
+
+
+def test_labels_seen_come_from_the_prepare_manifest(tmp_path):
+    summary = {"data_dir": str(tmp_path), "labels": ["SOPRANO", "BASS"]}  # train's recount
+    (tmp_path / "manifest.json").write_text(json.dumps({"labels_seen": {"BASS": 9, "ALTO": 4}}))
+    assert labels_seen_of(summary) == ["BASS", "ALTO"]
+    (tmp_path / "manifest.json").write_text(json.dumps({"counts": {}}))  # older or synthetic
+    assert labels_seen_of(summary) == ["SOPRANO", "BASS"]
+    assert labels_seen_of({**summary, "data_dir": str(tmp_path / "gone")}) == ["SOPRANO", "BASS"]
+    assert labels_seen_of({}) == []

@@ -7,10 +7,11 @@ import json
 import numpy as np
 import onnxruntime as ort
 import torch
-from bandmate.training.export import CHORALE_CODEC, load_run_model
+from bandmate.training.export import load_run_model
 from bandmate.training.model_card import write_model_card
-from bandmate.training.synthetic import write_synthetic_data
 from bandmate.training.train import TrainConfig, train
+from support.models import CHORALE_CODEC
+from support.synthetic import write_synthetic_data
 
 from bandmate.cli import main
 

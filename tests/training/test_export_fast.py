@@ -9,8 +9,8 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from bandmate.models.session import fast_io_names
-from bandmate.training.export import ParityError, export_random, random_model
+from bandmate.models.model_folder import decode_io_names
+from bandmate.training.export import ParityError, random_model
 from bandmate.training.export_fast import (
     KV_FP32_NAME,
     KV_INT8_NAME,
@@ -23,6 +23,7 @@ from bandmate.training.export_fast import (
     quantize_fast_int8,
     write_fast,
 )
+from support.models import export_random
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,7 @@ def model():
 
 def test_graph_names_and_ops(model):
     m = build_fast_graph(model)
-    ins, outs = fast_io_names(2)
+    ins, outs = decode_io_names(2)
     assert [i.name for i in m.graph.input] == ins
     assert [o.name for o in m.graph.output] == outs
     ops = {n.op_type for n in m.graph.node}
@@ -115,9 +116,9 @@ def test_export_cli_with_kv_then_generate(tmp_path):
     from bandmate.models.sampler import SamplingConfig
     from bandmate.models.session import ModelSession
     from bandmate.models.types import Note, Piece, Track
-    from bandmate.training.export import CHORALE_CODEC
-    from bandmate.training.synthetic import write_synthetic_data
     from bandmate.training.train import TrainConfig, train
+    from support.models import CHORALE_CODEC
+    from support.synthetic import write_synthetic_data
 
     from bandmate.cli import main
 

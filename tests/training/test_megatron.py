@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 from bandmate.training.data import open_data
-from bandmate.training.export import CHORALE_CODEC
 from bandmate.training.megatron import main, read_indexed, write_indexed
-from bandmate.training.synthetic import write_synthetic_data
+from support.models import CHORALE_CODEC
+from support.synthetic import write_synthetic_data
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # "Transformer Engine and Apex are not installed"

@@ -12,7 +12,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from bandmate.training.export import CHORALE_CODEC
+from support.models import CHORALE_CODEC
 
 from bandmate.cli import main
 

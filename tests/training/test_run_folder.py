@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 from bandmate.training import run_io
-from bandmate.training.export import CHORALE_CODEC
-from bandmate.training.synthetic import write_synthetic_data
 from bandmate.training.train import TrainConfig, train
+from support.models import CHORALE_CODEC
+from support.synthetic import write_synthetic_data
 
 from bandmate.cli import main as cli_main
 

@@ -17,7 +17,7 @@ CHORALE = Path(__file__).parents[1] / "data" / "jsfakes-0.mid"
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory) -> Path:
     """A tiny random-weight model folder (real ONNX, real tokenizer.json), made once."""
-    from bandmate.training.export import export_random
+    from support.models import export_random
 
     return export_random(tmp_path_factory.mktemp("model") / "random", seed=0)
 
@@ -40,7 +40,8 @@ def make_window(qtbot):
         w = MainWindow(store=store, messages=MessageSink(show_boxes=False), model_path=str(model))
         qtbot.addWidget(w)
         w.show()
-        qtbot.waitUntil(lambda: w.session is not None or bool(w.model_error), timeout=60_000)
+        qtbot.waitUntil(lambda: w.ctl.session is not None or bool(w.ctl.model_error),
+                        timeout=60_000)
         return w
 
     return make

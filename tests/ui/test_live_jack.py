@@ -10,11 +10,11 @@ from pathlib import Path
 
 import mido
 import pytest
-from bandmate.bridge.dawsim import DawSim, pair_notes
 from bandmate.bridge.facade import wait_until
 from bandmate.bridge.live import channel_for_track
 from bandmate.models.midi_io import read_midi
 from bandmate.models.types import STEPS_PER_BAR
+from support.dawsim import DawSim, pair_notes
 
 pytestmark = pytest.mark.jack
 
@@ -42,37 +42,37 @@ def test_live_continue_from_next_bar_line_then_stop(
     qtbot, make_window, store, model_dir, ui_jack_server
 ):
     w = make_window(store, model_dir)
-    assert w.session is not None
-    w.seed = 3
-    w.api_box.setCurrentText("jack")
-    w.clock_box.setCurrentIndex(w.clock_box.findData("daw"))
-    w.bars_box.setCurrentIndex(w.bars_box.findData(4))
-    w.connect_btn.click()
-    assert w.bridge is not None, w.messages.messages
+    assert w.ctl.session is not None
+    w.ctl.seed = 3
+    w.midi.api_box.setCurrentText("jack")
+    w.midi.clock_box.setCurrentIndex(w.midi.clock_box.findData("daw"))
+    w.gen.bars_box.setCurrentIndex(w.gen.bars_box.findData(4))
+    w.midi.connect_btn.click()
+    assert w.conn.bridge is not None, w.messages.messages
     daw = DawSim("bandmate in", "bandmate out", name="ui daw")
     try:
-        prompt = read_midi(CHORALE, w.session.config).slice_bars(0, 4)
+        prompt = read_midi(CHORALE, w.ctl.session.config).slice_bars(0, 4)
         daw.play(TEMPO, ticks=12 * 96, notes=note_msgs(prompt))
 
         # click Continue early in bar 5 (index 4), once the 4 bars are complete
         def in_bar_4() -> bool:
-            st = w.bridge.clock.state()
+            st = w.conn.bridge.clock.state()
             return st.running and st.tick_at(time.perf_counter_ns()) >= 4 * 96 + 6
 
         qtbot.waitUntil(in_bar_4, timeout=20_000)
-        st = w.bridge.clock.state()
+        st = w.conn.bridge.clock.state()
         bar_at_click = int(st.tick_at(time.perf_counter_ns()) // 96)
         with qtbot.waitSignal(w.job_finished, timeout=60_000) as blocker:
-            w.continue_btn.click()
-            assert w.live is not None, "Continue did not use the live capture"
+            w.gen.continue_btn.click()
+            assert w.jobs.live is not None, "Continue did not use the live capture"
         result = blocker.args[0]
         assert result is not None and len(result.takes) == 1
-        captured = w.job_prompt
+        captured = w.ctl.job_prompt
         assert [t.inst for t in captured.tracks] == ["SOPRANO", "ALTO", "TENOR", "BASS"]
         # what was captured is the prompt the DAW played (exact steps: tests/bridge)
         assert captured.bars == 4 and [t.channel for t in captured.tracks] == [0, 1, 2, 3]
         assert [len(t.notes) for t in captured.tracks] == [len(t.notes) for t in prompt.tracks]
-        placer = w.live.placer
+        placer = w.jobs.live.placer
         # the next bar line after the click (120 ms lead: the one after if the click was
         # in the last 120 ms of a bar); a later one only if the first bar was not ready in
         # time, which a loaded machine can cause (logged by the app)
@@ -91,8 +91,8 @@ def test_live_continue_from_next_bar_line_then_stop(
 
         # hear the first notes, then Stop while notes are sounding
         assert wait_until(lambda: len(daw.messages(["note_on"])) >= 1, 10)
-        w.stop_btn.click()
-        assert wait_until(lambda: not w.bridge.scheduler.sounding(), 5)
+        w.gen.stop_btn.click()
+        assert wait_until(lambda: not w.conn.bridge.scheduler.sounding(), 5)
         assert wait_until(lambda: not pair_notes(daw.messages())[1], 3)
         notes, hanging = pair_notes(daw.messages())
         assert notes and not hanging
@@ -107,7 +107,7 @@ def test_live_continue_from_next_bar_line_then_stop(
     finally:
         daw.close()
         w.close()
-    assert w.bridge is None
+    assert w.conn.bridge is None
 
 
 def test_preview_plays_the_clip_on_the_internal_clock(
@@ -115,31 +115,31 @@ def test_preview_plays_the_clip_on_the_internal_clock(
 ):
     """No DAW: open a file, generate, Preview plays the clip out of 'bandmate out'."""
     w = make_window(store, model_dir)
-    w.seed = 4
-    w.api_box.setCurrentText("jack")
-    w.clock_box.setCurrentIndex(w.clock_box.findData("internal"))
-    w.tempo_spin.setValue(240.0)  # a bar is 1 s
+    w.ctl.seed = 4
+    w.midi.api_box.setCurrentText("jack")
+    w.midi.clock_box.setCurrentIndex(w.midi.clock_box.findData("internal"))
+    w.midi.tempo_spin.setValue(240.0)  # a bar is 1 s
     assert w.open_midi(CHORALE)
     with qtbot.waitSignal(w.job_finished, timeout=60_000):
         assert w.generate("continue")
-    assert w.live is None  # not connected: the file is the prompt
+    assert w.jobs.live is None  # not connected: the file is the prompt
     clip = w.current_clip()
     sent = sorted((t.channel, n.pitch, n.start) for t in clip.tracks for n in t.notes)
     assert sent
-    w.connect_btn.click()
-    assert w.bridge is not None, w.messages.messages
+    w.midi.connect_btn.click()
+    assert w.conn.bridge is not None, w.messages.messages
     daw = DawSim("bandmate in", "bandmate out", name="ui listener")
     try:
         assert w.preview(), w.messages.messages
         assert w.playhead_origin is not None
-        assert wait_until(lambda: w.bridge.scheduler.pending == 0, 15)
+        assert wait_until(lambda: w.conn.bridge.scheduler.pending == 0, 15)
         assert wait_until(lambda: not pair_notes(daw.messages())[1], 3)
         notes, hanging = pair_notes(daw.messages())
         assert not hanging
         got = sorted((ch, pitch) for ch, pitch, _on, _off in notes)
         assert got == sorted((c, p) for c, p, _ in sent)
         qtbot.waitUntil(lambda: w.roll.model.playhead is not None, timeout=2000)
-        w.stop_btn.click()
+        w.gen.stop_btn.click()
         qtbot.waitUntil(lambda: w.roll.model.playhead is None, timeout=2000)
     finally:
         daw.close()

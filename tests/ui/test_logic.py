@@ -200,7 +200,7 @@ def test_stream_placer_anchors_at_bar_line_and_channels():
 
 
 def test_clip_of_continue_and_add():
-    from bandmate.ui.window import clip_of
+    from bandmate.ui.controller import clip_of
 
     prompt = _piece()
     cont = Piece(

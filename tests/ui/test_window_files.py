@@ -19,8 +19,8 @@ from midi_song import END, END_44, TPQ, assert_originals_kept, notes, song
 @pytest.fixture
 def window(make_window, store, model_dir) -> MainWindow:
     w = make_window(store, model_dir)
-    assert w.session is not None, w.messages.messages
-    w.seed = 1
+    assert w.ctl.session is not None, w.messages.messages
+    w.ctl.seed = 1
     return w
 
 
@@ -53,11 +53,11 @@ def test_empty_roll_says_what_to_do(window):
 
 def test_opened_file_sets_tempo_and_says_it_was_partly_read(window, src):
     w = window
-    w.tempo_spin.setValue(120)
+    w.midi.tempo_spin.setValue(120)
     assert w.open_midi(src)
-    assert w.tempo_spin.value() == pytest.approx(90.0)
+    assert w.midi.tempo_spin.value() == pytest.approx(90.0)
     w.update_status()
-    text = w.status_label.text()
+    text = w.status.label.text()
     assert "90.0 BPM" in text and "bars 1-8 of 16 loaded" in text
 
 
@@ -67,7 +67,7 @@ def test_save_and_clip_keep_the_users_file(qtbot, window, src, tmp_path):
     before = src.read_bytes()
     alone = tmp_path / "alone.mid"
     assert w.save_midi(alone) and alone.read_bytes() == before  # no take: the file itself
-    w.bars_box.setCurrentIndex(w.bars_box.findData(4))
+    w.gen.bars_box.setCurrentIndex(w.gen.bars_box.findData(4))
     run_job(qtbot, w, "continue")
     out = tmp_path / "out.mid"
     assert w.save_midi(out)
@@ -101,7 +101,7 @@ def test_meter_assume_4_4(window, src, tmp_path):
     m.save(waltz)
     assert not w.open_midi(waltz)
     assert "--meter assume-4/4" in w.messages.messages[-1].text
-    w.meter = "assume-4/4"
+    w.ctl.meter = "assume-4/4"
     assert w.open_midi(waltz)
 
 
