@@ -18,15 +18,14 @@ log = logging.getLogger(__name__)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="Megatron-LM save folder, iter_* folder or .pt file")
+    parser.add_argument(
+        "checkpoint",
+        help="folder written by packaging/megatron/to_safetensors.py (model.safetensors + "
+        "megatron_args.json), or a .safetensors state dict",
+    )
     parser.add_argument("--codec", required=True, help="data folder or codec.json of the run")
     parser.add_argument("-o", "--out", required=True, help="Hugging Face model folder to write")
     parser.add_argument("--n-head", type=int, default=0, help="heads (if no args saved)")
-    parser.add_argument(
-        "--trust-checkpoint",
-        action="store_true",
-        help="allow full unpickling of the .pt file if it needs it (runs code from the file)",
-    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,9 +33,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         codec = load_codec(args.codec)
-        convert_megatron(
-            args.checkpoint, codec, args.out, args.n_head or None, args.trust_checkpoint
-        )
+        convert_megatron(args.checkpoint, codec, args.out, args.n_head or None)
     except (ValueError, FileNotFoundError, KeyError) as e:
         log.error("%s", e)
         return 2

@@ -25,18 +25,18 @@ is [q of all heads | k | v] columns: rows are regrouped and transposed. Megatron
 vocabulary (``--make-vocab-size-divisible-by``, plus the NullTokenizer's end-of-document id,
 which is ``vocab_size`` there): rows past the codec's vocabulary are dropped.
 
-Input: a Megatron-LM save folder written with ``--ckpt-format torch`` (the folder with
-``latest_checkpointed_iteration.txt``, one ``iter_NNNNNNN`` folder, or its
-``mp_rank_00/model_optim_rng.pt``), tensor and pipeline parallel size 1; or a safetensors file
-of the megatron-core state dict (then ``n_head`` must be given). A ``torch_dist`` checkpoint is
-first converted by Megatron-LM itself (``--ckpt-convert-format torch``). The ``.pt`` file is
-read with ``torch.load(weights_only=True)``; a checkpoint that needs full unpickling is only
-opened with ``trust=True`` (``--trust-checkpoint``): unpickling runs code from the file.
+Input: safetensors and JSON only (bandmate never unpickles): a folder with ``model.safetensors``
+(the megatron-core state dict) and ``megatron_args.json`` (Megatron-LM's args), or a
+``.safetensors`` file (then ``n_head`` must be given unless the JSON lies beside it).
+`packaging/megatron/to_safetensors.py`, run once where Megatron-LM trained, writes that folder
+from a ``--ckpt-format torch`` save (tensor and pipeline parallel size 1); given a Megatron-LM
+save folder, this module says so, after the checks that need no unpickling (sharded and
+``torch_dist`` checkpoints are refused with what to do).
 """
 
 from __future__ import annotations
 
-import argparse
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -80,28 +80,25 @@ def _find_pt(path: Path) -> Path:
     raise FileNotFoundError(f"{path}: no Megatron-LM checkpoint (model_optim_rng.pt) found")
 
 
-def read_megatron_checkpoint(path: Path, trust: bool = False) -> tuple[dict, dict]:
-    """(megatron-core model state dict, Megatron-LM args as a dict; {} if absent)."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+ARGS_JSON = "megatron_args.json"
 
-        return load_file(str(path)), {}
-    pt = _find_pt(path)
-    try:
-        torch.serialization.add_safe_globals([argparse.Namespace])
-        ck = torch.load(str(pt), map_location="cpu", weights_only=True)
-    except Exception as e:
-        if not trust:
-            raise ValueError(
-                f"{pt} needs full unpickling to be read ({type(e).__name__}); pass "
-                "--trust-checkpoint if you trust the file (unpickling can run code)"
-            ) from e
-        ck = torch.load(str(pt), map_location="cpu", weights_only=False)
-    sd = ck.get("model", ck)
-    args = ck.get("args")
-    args = vars(args) if isinstance(args, argparse.Namespace) else dict(args or {})
-    return dict(sd), args
+
+def read_megatron_checkpoint(path: Path) -> tuple[dict, dict]:
+    """(megatron-core model state dict, Megatron-LM args as a dict; {} if absent)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    weights = path / "model.safetensors" if path.is_dir() else path
+    if weights.suffix != ".safetensors" or not weights.is_file():
+        pt = _find_pt(path)  # raises with what to do for sharded or torch_dist saves
+        raise ValueError(
+            f"{pt} is a pickle, which bandmate does not open: run "
+            f"'python packaging/megatron/to_safetensors.py {path} OUT' where Megatron-LM "
+            "trained, then convert OUT"
+        )
+    args_file = weights.parent / ARGS_JSON
+    args = json.loads(args_file.read_text()) if args_file.is_file() else {}
+    return load_file(str(weights)), args
 
 
 def megatron_to_hf(
@@ -196,14 +193,13 @@ def convert_megatron(
     codec: Any,
     out_dir: Path,
     n_head: int | None = None,
-    trust: bool = False,
 ) -> Path:
     """Write ``out_dir`` as a Hugging Face model folder (hf_folder) from a Megatron-LM
     checkpoint; ``codec`` is the CodecConfig of the data it was trained on."""
     from bandmate.training.hf_folder import write_hf_files
     from safetensors.torch import save_file
 
-    sd, args = read_megatron_checkpoint(Path(checkpoint), trust)
+    sd, args = read_megatron_checkpoint(Path(checkpoint))
     check_args(args)
     heads = n_head or args.get("num_attention_heads")
     if not heads:

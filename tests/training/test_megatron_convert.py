@@ -8,6 +8,9 @@ import argparse
 import contextlib
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -124,7 +127,13 @@ def test_megatron_checkpoint_converts_to_the_same_logits_and_exports(megatron_mo
     _save_like_megatron_lm(model, padded, mg)
     (tmp_path / "codec.json").write_text(json.dumps(CHORALE_CODEC.to_json()))
     hf = tmp_path / "hf"
-    assert main(["convert", str(mg), "--codec", str(tmp_path / "codec.json"), "-o", str(hf)]) == 0
+    cmd = ["convert", "--codec", str(tmp_path / "codec.json"), "-o", str(hf)]
+    assert main([*cmd, str(mg)]) == 2  # bandmate never unpickles Megatron's .pt itself
+    st = tmp_path / "st"
+    script = Path(__file__).resolve().parents[2] / "packaging" / "megatron" / "to_safetensors.py"
+    subprocess.run([sys.executable, str(script), str(mg), str(st)], check=True)
+    assert sorted(p.name for p in st.iterdir()) == ["megatron_args.json", "model.safetensors"]
+    assert main([*cmd, str(st)]) == 0
 
     v = CHORALE_CODEC.vocab.size
     ids = torch.randint(0, v, (2, 40), generator=torch.Generator().manual_seed(1))
