@@ -126,7 +126,10 @@ def run_recipe(data: Path, recipe: dict, warm: int, steps: int, seed: int = 0) -
         dt = sum(r["step_time_s"] for r in timed)
         real = sum(r["real_tokens_per_s"] * r["step_time_s"] for r in timed)
         allt = sum(r["tokens_per_s"] * r["step_time_s"] for r in timed)
-        fpt = flops_per_token(cfg.n_layer, cfg.n_embd, cfg.n_positions, 419)
+        from bandmate.models.config import CodecConfig
+
+        codec = CodecConfig.from_json(json.loads((data / "manifest.json").read_text())["codec"])
+        fpt = flops_per_token(cfg.n_layer, cfg.n_embd, cfg.n_positions, codec.vocab.size)
         return {
             "real_tokens_per_s": real / dt,
             "tokens_per_s": allt / dt,

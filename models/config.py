@@ -12,6 +12,11 @@ from dataclasses import asdict, dataclass, field, fields
 from bandmate.models.vocab import Vocab, inst_labels
 
 METERS = ("strict", "assume-4/4")
+#: The help of every ``--meter`` option that reads a user's file (generate, the app).
+METER_HELP = (
+    "strict: read only a file's 4/4 bars; assume-4/4: read every bar as 4/4 (for files whose "
+    "time signature is wrong); default: the model's"
+)
 #: How tracks get INST labels (docs/codec.md): "program" (voice names, else the GM program:
 #: the chorale models) or "gm-family" (DRUMS, else the first program of the GM family).
 LABEL_SCHEMES = ("program", "gm-family")

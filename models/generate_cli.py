@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from bandmate.models.types import Piece
 
+from bandmate.models.config import METER_HELP, METERS
 from bandmate.models.registry import MODEL_HELP
 from bandmate.models.sampler import DEFAULT_TEMPERATURE, DEFAULT_TOP_P
 
@@ -81,11 +82,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--tracks", default=None,
         help="with --continue: tracks by index (0-based) or name, e.g. 0,3 or soprano,bass",
     )  # fmt: skip
-    parser.add_argument(
-        "--meter", choices=("strict", "assume-4/4"), default=None,
-        help="strict: only 4/4 bars are read; assume-4/4: read every bar as 4/4 (for files "
-        "whose time signature is wrong); default: the model's",
-    )  # fmt: skip
+    parser.add_argument("--meter", choices=METERS, default=None, help=METER_HELP)
     parser.add_argument(
         "--force", action="store_true",
         help="use instruments the model never trained on anyway (expect nonsense)",

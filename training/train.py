@@ -206,24 +206,14 @@ def resolve_precision(
 
 
 def build_model(cfg: TrainConfig, vocab_size: int) -> torch.nn.Module:
-    from transformers import GPT2Config, GPT2LMHeadModel
+    """A fresh GPT-2 of the run's shape, from the one config factory that export also uses."""
+    from bandmate.models.model_folder import ModelDims, gpt2_config
+    from transformers import GPT2LMHeadModel
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # "pass an attention_mask": packed blocks need none
-    mc = GPT2Config(
-        vocab_size=vocab_size,
-        n_positions=cfg.n_positions,
-        n_embd=cfg.n_embd,
-        n_layer=cfg.n_layer,
-        n_head=cfg.n_head,
-        resid_pdrop=cfg.dropout,
-        embd_pdrop=cfg.dropout,
-        attn_pdrop=cfg.dropout,
-        bos_token_id=2,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
-    mc._attn_implementation = cfg.attention
+    dims = ModelDims(cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.n_positions, vocab_size)
+    mc = gpt2_config(dims, dropout=cfg.dropout, attention=cfg.attention)
     torch.manual_seed(cfg.seed)
     return GPT2LMHeadModel(mc)
 

@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 
+from bandmate.models.config import METER_HELP, METERS
 from bandmate.models.registry import MODEL_HELP
 
 log = logging.getLogger(__name__)
@@ -24,11 +25,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--seed", type=int, default=None, help="fixed sampling seed (repeatable takes)"
     )
     parser.add_argument("--reset-settings", action="store_true", help="forget stored settings")
-    parser.add_argument(
-        "--meter", choices=("strict", "assume-4/4"), default=None,
-        help="strict: read only a file's 4/4 bars; assume-4/4: read every bar as 4/4 (for "
-        "files whose time signature is wrong); default: the model's",
-    )  # fmt: skip
+    parser.add_argument("--meter", choices=METERS, default=None, help=METER_HELP)
     parser.add_argument(
         "--verbose", action="store_true",
         help="log debug detail, and let the MIDI libraries (ALSA, JACK) print their messages",
