@@ -198,7 +198,7 @@ def run(model, pieces, sampling, seed: int, gain: bool = True) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--model", default=None, help="model folder (default: the shipped model)")
+    ap.add_argument("--model", default=None, help="a shipped model's name or a model folder")
     ap.add_argument("--n", type=int, default=60, help="chorales to use (of 60 held out)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--temperature", type=float, default=None, help="default: the CLI's")
@@ -217,7 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     from bandmate.models.sampler import SamplingConfig
     from bandmate.models.session import ModelSession, default_model_dir
 
-    model = Path(args.model) if args.model else default_model_dir()
+    from bandmate.models.registry import resolve_model
+
+    model = resolve_model(args.model) or default_model_dir()  # a shipped name or a folder
     meta = json.loads((model / "bandmate.json").read_text())
     verified = verify_holdout(meta)
     if args.files == "holdout" and not verified and not args.allow_unverified:
