@@ -214,10 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
 
+    from bandmate.models.registry import resolve_model
     from bandmate.models.sampler import SamplingConfig
     from bandmate.models.session import ModelSession, default_model_dir
-
-    from bandmate.models.registry import resolve_model
 
     model = resolve_model(args.model) or default_model_dir()  # a shipped name or a folder
     meta = json.loads((model / "bandmate.json").read_text())
