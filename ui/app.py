@@ -38,12 +38,6 @@ def run(args: argparse.Namespace) -> int:
     if args.version:
         print(f"bandmate {__version__}")
         return 0
-    from bandmate.ui.qt_check import platform_problem
-
-    hint = platform_problem()
-    if hint:  # Qt would abort with its own message; say what fixes it instead
-        print(hint, file=sys.stderr)
-        return 1
     verbose = args.verbose or logging.getLogger().isEnabledFor(logging.DEBUG)
     if args.verbose:
         logging.getLogger().setLevel(logging.DEBUG)
@@ -52,6 +46,12 @@ def run(args: argparse.Namespace) -> int:
 
         silence_midi_library_logs()
     log.debug("verbose: %s", verbose)
+    from bandmate.ui.qt_check import platform_problem
+
+    hint = platform_problem()
+    if hint:  # Qt would abort with its own message; say what fixes it instead
+        print(hint, file=sys.stderr)
+        return 1
     from bandmate.ui.window import MainWindow
     from PyQt6.QtCore import QSettings, QTimer
     from PyQt6.QtWidgets import QApplication

@@ -34,7 +34,7 @@ def test_real_qt_without_a_display_gets_the_hint():
 
 def test_app_prints_the_hint_and_exits_1(monkeypatch, capsys):
     monkeypatch.setattr("bandmate.ui.qt_check.platform_problem", lambda: "HINT libxcb-cursor0")
-    args = argparse.Namespace(version=False)
+    args = argparse.Namespace(version=False, verbose=False)
     assert app_mod.run(args) == 1
     assert "HINT libxcb-cursor0" in capsys.readouterr().err
     assert "libxcb-cursor0" in APT_PACKAGES
