@@ -75,7 +75,8 @@ def quiet_libjack() -> bool:
         if now - last[0] >= _JACK_LOG_EVERY_S:
             last[0] = now
             msg = (text or b"").decode(errors="replace")
-            log.info("libjack: %s (%d message(s) since the last shown)", msg, counts[0])
+            # Detail for --verbose: the bridge says "server lost" itself, in words a user reads.
+            log.debug("libjack: %s (%d message(s) since the last shown)", msg, counts[0])
             counts[0] = 0
 
     cb = cb_type(on_msg)

@@ -25,7 +25,7 @@ def test_libjack_printing_goes_to_the_log_at_a_trickle(caplog):
         pytest.skip("no libjack")
     assert ports.quiet_libjack()  # idempotent
     _lib, cb = ports._jack_quiet[:2]
-    with caplog.at_level("INFO", logger="bandmate.bridge.ports"):
+    with caplog.at_level("DEBUG", logger="bandmate.bridge.ports"):
         for _ in range(50):  # as libjack does while its server is down
             cb(b"Cannot connect to server socket")
     shown = [r for r in caplog.records if "libjack:" in r.message]
