@@ -153,12 +153,12 @@ class AutoClock(_Listeners):
     sends Start/Continue/Song Position, the follower takes over for good.
     """
 
-    def __init__(self, tempo: float = 120.0) -> None:
-        from bandmate.bridge.follower import MidiClockFollower
+    def __init__(self, tempo: float = 120.0, vanish_ticks: int | None = None) -> None:
+        from bandmate.bridge.follower import VANISH_TICKS, MidiClockFollower
 
         super().__init__()
         self.internal = InternalClock(tempo)
-        self.follower = MidiClockFollower(tempo)
+        self.follower = MidiClockFollower(tempo, vanish_ticks=vanish_ticks or VANISH_TICKS)
         self._use_follower = False
         self.internal.add_listener(self._from_internal)
         self.follower.add_listener(self._from_follower)

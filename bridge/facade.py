@@ -60,6 +60,9 @@ class BridgeConfig:
     thru: bool = field(default=False, metadata={"help": "echo input notes to the output"})
     channel_labels: dict[int, str] = field(default_factory=dict)
     watch_s: float = field(default=1.0, metadata={"help": "port check interval; 0 = off"})
+    clock_timeout_ticks: int = field(default=12, metadata={
+        "help": "DAW clock periods (24 a beat) without a clock before the DAW counts as gone "
+                "and output is silenced; raise it for a DAW whose clock stutters"})
 
     def __post_init__(self) -> None:
         if self.api not in API_CHOICES:
@@ -72,6 +75,9 @@ class BridgeConfig:
             raise ValueError(f"tempo must be 20..400 BPM, got {self.tempo}")
         if self.velocity is not None and not 1 <= self.velocity <= 127:
             raise ValueError(f"velocity must be 1..127 or None, got {self.velocity}")
+        if not 6 <= self.clock_timeout_ticks <= 384:
+            raise ValueError("clock_timeout_ticks must be 6..384 (a 16th note to 4 bars), "
+                             f"got {self.clock_timeout_ticks}")
         if not self.in_name or not self.out_name:
             raise ValueError("in_name and out_name must not be empty")
         self.channel_labels = {int(k): str(v) for k, v in self.channel_labels.items()}
@@ -103,11 +109,15 @@ class Bridge:
         self.config = config or BridgeConfig()
         c = self.config
         if c.clock == "midi":
-            self.clock: AutoClock | MidiClockFollower | InternalClock = MidiClockFollower(c.tempo)
+            self.clock: AutoClock | MidiClockFollower | InternalClock = MidiClockFollower(
+                c.tempo, vanish_ticks=c.clock_timeout_ticks)
         elif c.clock == "internal":
             self.clock = InternalClock(c.tempo)
         else:
-            self.clock = AutoClock(c.tempo)
+            self.clock = AutoClock(c.tempo, vanish_ticks=c.clock_timeout_ticks)
+        follower = self.clock.follower if isinstance(self.clock, AutoClock) else self.clock
+        if isinstance(follower, MidiClockFollower):
+            follower.input_drained = self._input_drained_ns
         self.capture = Capture(self.clock, CaptureConfig(c.ring_bars, c.channel_labels, voices))
         self.api: int | None = None
         self.inp: InputPort | None = None
@@ -120,6 +130,11 @@ class Bridge:
         self.port_lost = 0
         self.reopened = 0
         self._closed = False
+
+    def _input_drained_ns(self) -> int:
+        """Until when every arrived input message has been handled (now without a port)."""
+        inp = self.inp
+        return inp.drained_ns if inp is not None else time.perf_counter_ns()
 
     # -- lifecycle -------------------------------------------------------------------------
     def open(self) -> Bridge:

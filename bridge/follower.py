@@ -34,6 +34,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 
 import mido
 from bandmate.bridge.clock import (
@@ -50,6 +51,9 @@ DECIDE = 4  # clocks after a gap before "lost" vs "tempo change" is decided
 DRIFT_RUN = 2  # clocks in a row off the line (same side) that re-base the segment
 LOSS_PENALTY = 0.15  # per lost clock, in periods (as an RMS residual): losses are rare
 VANISH_TICKS = 12  # an eighth note without a clock: the DAW stopped sending
+#: an input reader silent for longer than this is itself stuck (or its port gone): its last
+#: drain time is no evidence any more, so silence is judged on the wall clock alone
+STALE_DRAIN_NS = 1_000_000_000
 
 
 class MidiClockFollower(_Listeners):
@@ -68,6 +72,11 @@ class MidiClockFollower(_Listeners):
         self.window = window
         self.max_gap = max_gap
         self.vanish_ticks = vanish_ticks
+        #: when set (the bridge sets it to its input port's ``drained_ns``): the time up to
+        #: which every arrived message has been fed. Silence is only believed up to there,
+        #: so a reader thread held up by a busy machine (its clocks still queued, stamped
+        #: with their real arrival) is not taken for a DAW that stopped.
+        self.input_drained: Callable[[], int] | None = None
         self._hist: deque[tuple[int, int]] = deque(maxlen=window)  # segment: (tick, t_ns)
         self._armed = False  # Start/Continue seen, waiting for the first clock
         self._next_tick = 0  # index the next clock gets when armed / when stopped
@@ -108,6 +117,9 @@ class MidiClockFollower(_Listeners):
 
     def check(self, now_ns: int) -> bool:
         """Notice a vanished clock: True (and event ``lost``) when it just stopped."""
+        drained = self.input_drained() if self.input_drained is not None else now_ns
+        if now_ns - drained < STALE_DRAIN_NS:
+            now_ns = min(now_ns, drained)
         with self._lock:
             s = self._st
             if not s.running or self._armed or not self._hist:

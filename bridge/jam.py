@@ -146,6 +146,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tempo", type=float, default=120.0,
                         help="internal clock tempo until the DAW sends MIDI clock")
     parser.add_argument("--clock", choices=("auto", "midi", "internal"), default="auto")
+    parser.add_argument("--clock-timeout", type=int, default=12, metavar="CLOCKS",
+                        help="DAW clock periods (24 a beat) without a clock before the DAW "
+                             "counts as gone and output is silenced; raise it if your DAW's "
+                             "clock stutters on a busy machine (default: 12, an eighth note)")
     parser.add_argument("--cc-continue", type=int, default=20)
     parser.add_argument("--cc-add", type=int, default=21)
     parser.add_argument("--cc-stop", type=int, default=22)
@@ -167,7 +171,8 @@ def run(args: argparse.Namespace) -> int:
         jcfg = JamConfig(args.bars, args.cc_continue, args.cc_add, args.cc_stop, args.cc_panic,
                          velocity=args.velocity)
         bcfg = BridgeConfig(api=args.api, in_name=args.in_name, out_name=args.out_name,
-                            clock=args.clock, tempo=args.tempo, velocity=args.velocity)
+                            clock=args.clock, tempo=args.tempo, velocity=args.velocity,
+                            clock_timeout_ticks=args.clock_timeout)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

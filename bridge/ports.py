@@ -330,6 +330,10 @@ class InputPort:
         self.queue_size = queue_size
         self.received = 0
         self.bad = 0
+        #: perf_counter_ns of the last poll that found the queue empty: every message that
+        #: arrived before it has been handed on (evidence for "no clock came", see
+        #: MidiClockFollower.input_drained)
+        self.drained_ns = time.perf_counter_ns()
         self._in: rtmidi.MidiIn | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -362,6 +366,7 @@ class InputPort:
         while not self._stop.is_set():
             got = False
             while True:
+                polled = time.perf_counter_ns()
                 with self._lock:
                     mi = self._in
                     if mi is None:
@@ -372,6 +377,7 @@ class InputPort:
                         log.warning("MIDI read failed on %r", self.name, exc_info=True)
                         item = None
                 if item is None:
+                    self.drained_ns = polled
                     break
                 got = True
                 self._dispatch(item[0], item[1], time.perf_counter_ns())

@@ -88,6 +88,31 @@ def test_a_lost_clock_just_after_a_slow_down_is_counted():
     assert f.lost_ticks == 2 and worst(errs, 260) < 0.5
 
 
+def test_silence_counts_only_up_to_what_the_input_reader_has_drained():
+    """A reader thread held up by a busy machine (clocks still queued) is not a DAW gone."""
+    f = MidiClockFollower()
+    ts = clock_times([(100, 120, 120)])
+    f.feed(mido.Message("start"), ts[0])
+    for t in ts:
+        f.feed(mido.Message("clock"), t)
+    per = ts[1] - ts[0]
+    drained = [ts[-1] + 2 * per]  # the reader last looked 2 clocks after the last clock
+    f.input_drained = lambda: drained[0]
+    assert not f.check(ts[-1] + 20 * per) and f.state().running
+    drained[0] = ts[-1] + 20 * per  # it looked again and found nothing: gone
+    assert f.check(ts[-1] + 20 * per) and not f.state().running
+
+
+def test_a_reader_stuck_for_a_second_is_no_evidence():
+    f = MidiClockFollower()
+    ts = clock_times([(100, 120, 120)])
+    f.feed(mido.Message("start"), ts[0])
+    for t in ts:
+        f.feed(mido.Message("clock"), t)
+    f.input_drained = lambda: ts[-1]  # its port is gone and its thread never looks again
+    assert f.check(ts[-1] + 1_100_000_000) and not f.state().running
+
+
 def test_a_vanished_clock_stops_the_state_and_only_start_resumes():
     f = MidiClockFollower()
     events = []

@@ -22,8 +22,11 @@ TOL_STEPS = 0.3
 @pytest.fixture
 def rig(jack_server, request):
     n = request.node.name[-20:].replace("[", "").replace("]", "")
+    # a bar without clock before "the DAW is gone": these tests are about capture and timing,
+    # and a stand-in DAW held up by a busy CI machine must not end the take
+    # (test_bridge_live_jack.py tests the default timeout with a vanishing DAW)
     cfg = BridgeConfig(api="jack", in_name=f"bm in {n}", out_name=f"bm out {n}", clock="midi",
-                       watch_s=0.5)
+                       watch_s=0.5, clock_timeout_ticks=96)
     br = Bridge(cfg, voices=("SOPRANO", "ALTO", "TENOR", "BASS")).open()
     daw = DawSim(cfg.in_name, cfg.out_name, name=f"daw {n}")
     yield br, daw
