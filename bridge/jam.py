@@ -5,8 +5,11 @@ app's window does too: capture, prompt, generation job, scheduling, the job's li
 
 Generation is fired by MIDI Control Change on any channel, so a controller button or DAW
 automation can trigger it (CC 20-31 are undefined in the MIDI spec, so no DAW sends them by
-itself). Defaults: CC 20 Continue, CC 21 Add track (value v = the v-th label of the model's
-``labels_seen``, from 1), CC 22 Stop, CC 23 Panic; value 0 fires nothing.
+itself). Defaults: CC 20 Continue, CC 21 Add track (value v = the v-th of the model's
+add-track labels, from 1, in vocabulary order: ``ModelDescription.add_labels``, listed by
+``bandmate models``; chorale model 1 Soprano .. 4 Bass; band model 1 Drums, then the GM
+families by program number: 2 Piano .. 6 Bass ..), CC 22 Stop, CC 23 Panic; value 0 fires
+nothing.
 """
 
 from __future__ import annotations
@@ -151,7 +154,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "counts as gone and output is silenced; raise it if your DAW's "
                              "clock stutters on a busy machine (default: 12, an eighth note)")
     parser.add_argument("--cc-continue", type=int, default=20)
-    parser.add_argument("--cc-add", type=int, default=21)
+    parser.add_argument("--cc-add", type=int, default=21,
+                        help="Add track; the value picks the instrument: v = the v-th of the "
+                             "model's add-track labels ('bandmate models' numbers them: "
+                             "chorale 1-4 = Soprano..Bass; band 1 = Drums, 6 = Bass)")
     parser.add_argument("--cc-stop", type=int, default=22)
     parser.add_argument("--cc-panic", type=int, default=23)
     parser.add_argument("--velocity", type=int, default=None,
@@ -208,9 +214,12 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(sig, on_signal)
     worker = threading.Thread(target=ctl.serve, args=(stop,), name="bandmate-jam", daemon=True)
     worker.start()
-    log.info("jam ready: model %s; CC %d continue, %d add (1..%d: %s), %d stop, %d panic",
-             gen.session.name, jcfg.cc_continue, jcfg.cc_add, len(gen.labels),
-             ",".join(gen.labels[:8]) + ("..." if len(gen.labels) > 8 else ""), jcfg.cc_stop,
+    from bandmate.models.instruments import label_name
+
+    scheme = gen.session.config.label_scheme
+    table = ", ".join(f"{i}={label_name(lab, scheme)}" for i, lab in enumerate(gen.labels, 1))
+    log.info("jam ready: model %s; CC %d continue, %d add (value %s), %d stop, %d panic",
+             gen.session.name, jcfg.cc_continue, jcfg.cc_add, table, jcfg.cc_stop,
              jcfg.cc_panic)
     try:
         while not stop.wait(0.2):

@@ -116,3 +116,34 @@ def label_name(label: str, scheme: str = "program") -> str:
     if label.isdigit() and 0 <= int(label) < 128:
         return family_name(int(label)) if scheme == "gm-family" else GM_PROGRAMS[int(label)]
     return label.replace("_", " ").title()
+
+
+def ordered_labels(labels_seen: tuple[str, ...] | list[str],
+                   codec_labels: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """A model's trained labels in its vocabulary's order, the one order every picker uses.
+
+    Why not ``labels_seen`` as stored (most frequent first): that order changes with the
+    data, so a controller mapped to "CC 21 value 4" would add another instrument after a
+    retrain. Vocabulary order is fixed by the codec: the voices in their table order
+    (SOPRANO, ALTO, TENOR, BASS), then DRUMS, then GM programs by number (for a gm-family
+    model the families: piano, chromatic percussion, organ, guitar, bass, ...).
+    """
+    rank = {lab: i for i, lab in enumerate(codec_labels)}
+    return tuple(sorted(dict.fromkeys(labels_seen), key=lambda lab: rank.get(lab, len(rank))))
+
+
+def grouped_choices(labels: tuple[str, ...] | list[str],
+                    scheme: str = "program") -> list[tuple[str, list[tuple[str, str]]]]:
+    """(group heading, [(label, name)]) for a picker: voices under "Voices", DRUMS under
+    "Drums", GM programs under their family (a gm-family label is its family, so each
+    family holds one entry). Groups in the order of ``labels``."""
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for lab in labels:
+        if lab == "DRUMS":
+            head = "Drums"
+        elif lab.isdigit() and 0 <= int(lab) < 128:
+            head = family_name(int(lab))
+        else:
+            head = "Voices"
+        groups.setdefault(head, []).append((lab, label_name(lab, scheme)))
+    return list(groups.items())

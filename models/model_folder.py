@@ -24,6 +24,7 @@ from types import MappingProxyType
 from typing import Any
 
 from bandmate.models.config import CodecConfig
+from bandmate.models.instruments import ordered_labels
 from bandmate.models.vocab import PAD, PIECE_START
 
 FORMAT = "bandmate-model"
@@ -162,6 +163,13 @@ class ModelDescription:
             raise ModelFolderError(
                 f"bandmate.json key 'labels_seen' has labels the codec lacks: {unknown[:5]}"
             )
+
+    @property
+    def add_labels(self) -> tuple[str, ...]:
+        """The labels "Add track" offers (and ``jam``'s CC 21 value v picks the v-th of):
+        the trained labels (the voices for a model that lists none) in vocabulary order."""
+        seen = self.labels_seen or self.codec.voices
+        return ordered_labels(seen, self.codec.labels)
 
     def graph(self, key: str) -> str | None:
         """The file of graph ``key`` ("default", "fp32", "int8", "kv_int8", ...), if any."""

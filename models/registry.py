@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
+
+from bandmate.models.config import CodecConfig
+from bandmate.models.instruments import ordered_labels
 
 #: name -> (folder under models/, what it is for); in the order `bandmate models` lists them.
 SHIPPED: dict[str, tuple[str, str]] = {
@@ -33,7 +37,7 @@ class ShippedModel:
     path: Path
     purpose: str
     label_scheme: str
-    labels: tuple[str, ...]  # labels_seen (the voices when a model lists none)
+    labels: tuple[str, ...]  # Add-track labels in vocabulary order (ModelDescription.add_labels)
     size_bytes: int
     title: str  # the model card's first heading, or the folder's model name
 
@@ -82,7 +86,11 @@ def describe(name: str) -> ShippedModel:
     folder = shipped_dir(name)
     meta = json.loads((folder / "bandmate.json").read_text())
     codec = meta.get("codec", {})
-    labels = tuple(meta.get("labels_seen") or codec.get("voices") or ())
+    seen = tuple(meta.get("labels_seen") or codec.get("voices") or ())
+    try:
+        labels = ordered_labels(seen, CodecConfig.from_json(codec).labels)
+    except (TypeError, ValueError):  # a codec this version cannot read: the stored order
+        labels = seen
     title = str(meta.get("name") or name)
     card = folder / "MODEL_CARD.md"
     if card.is_file():
@@ -111,12 +119,11 @@ def help_lines() -> list[str]:
     ]
 
 
-def _labels_text(labels: tuple[str, ...], scheme: str, limit: int = 10) -> str:
+def _labels_text(labels: tuple[str, ...], scheme: str) -> str:
+    """Numbered as ``bandmate jam``'s CC 21 value picks them: "1 Soprano, 2 Alto, ..."."""
     from bandmate.models.instruments import label_name
 
-    names = [label_name(lab, scheme) for lab in labels]
-    more = f", +{len(names) - limit}" if len(names) > limit else ""
-    return ", ".join(names[:limit]) + more
+    return ", ".join(f"{i} {label_name(lab, scheme)}" for i, lab in enumerate(labels, 1))
 
 
 def format_table() -> str:
@@ -128,7 +135,10 @@ def format_table() -> str:
         m = describe(n)
         labels = _labels_text(m.labels, m.label_scheme) or "-"
         rows.append(
-            f"{m.name:<8}  {m.title}\n          labels ({m.label_scheme}): {labels}\n"
+            f"{m.name:<8}  {m.title}\n"
+            + textwrap.fill(f"add-track labels ({m.label_scheme}; jam's CC 21 value): {labels}",
+                            width=92, initial_indent=" " * 10, subsequent_indent=" " * 12)
+            + "\n"
             f"          {m.size_bytes / 1e6:.1f} MB  {m.path}"
         )
     return "\n".join(rows)

@@ -130,6 +130,11 @@ class ModelSession:
         return self.description.labels_seen
 
     @property
+    def add_labels(self) -> tuple[str, ...]:
+        """What "Add track" offers, in the fixed order pickers and CC 21 use."""
+        return self.description.add_labels
+
+    @property
     def fills(self) -> bool:
         return self.description.fills
 

@@ -21,7 +21,7 @@ from bandmate.models.midi_merge import NewPart, Source
 from bandmate.models.session import ModelSession
 from bandmate.models.types import STEPS_PER_BAR, STEPS_PER_BEAT, Piece
 from bandmate.ui.jobs import JobResult, JobSpec
-from bandmate.ui.names import instrument_choices, instrument_name
+from bandmate.ui.names import instrument_groups, instrument_name
 from bandmate.ui.settings import AppSettings
 
 log = logging.getLogger(__name__)
@@ -44,8 +44,8 @@ def clip_of(prompt: Piece, result: Piece, kind: str) -> Piece:
     return Piece(new or result.tracks, result.bars, result.tempo, dict(result.meta))
 
 
-def track_names(piece: Piece) -> list[str]:
-    return [t.name or instrument_name(t.inst) for t in piece.tracks]
+def track_names(piece: Piece, scheme: str = "program") -> list[str]:
+    return [t.name or instrument_name(t.inst, scheme) for t in piece.tracks]
 
 
 def clock_status(st: ClockState, now_ns: int) -> tuple[list[str], float]:
@@ -101,15 +101,36 @@ class AppController:
             "tokenizer.json and bandmate.json. 'bandmate export' writes one.",
         )
 
-    def instruments(self, want: str) -> tuple[list[tuple[str, str]], str]:
-        """The Add-track choices (label, name) and the one to select (``want`` if offered)."""
+    def instruments(self, want: str) -> tuple[list[tuple[str, list[tuple[str, str]]]], str]:
+        """The Add-track choices grouped ((heading, [(label, name)])) and the one to select
+        (``want`` if offered, else the bass)."""
         s = self.session
-        labels = list(s.labels_seen) if s is not None else []
+        labels = list(s.add_labels) if s is not None else []
         if s is not None and not labels:
             labels = [lab for lab in s.config.labels if not lab.isdigit()] + ["0", "33"]
         if s is not None and want not in labels:
-            want = s.bass_label or (labels[0] if labels else "")
-        return instrument_choices(labels), want
+            want = s.bass_label if s.bass_label in labels else (labels[0] if labels else "")
+        scheme = s.config.label_scheme if s is not None else "program"
+        return instrument_groups(labels, scheme), want
+
+    @staticmethod
+    def model_choices(current: str) -> tuple[list[tuple[str, str]], str]:
+        """The Model picker: (value, text) for each shipped model installed, then the
+        folder in use if it is not one of them; and the value to select. ``current`` is the
+        remembered setting: a shipped name, a folder, or '' (the default model)."""
+        from bandmate.models import registry
+
+        choices = [(n, f"{n}: {registry.SHIPPED[n][1].split(':')[0].split(' (')[0]}")
+                   for n in registry.installed()]
+        want = current or "default"
+        if want not in {v for v, _ in choices}:
+            choices.append((want, f"folder: {Path(want).name or want}"))
+        return choices, want
+
+    @property
+    def label_scheme(self) -> str:
+        """How the loaded model's labels read ("gm-family": "32" is the bass family)."""
+        return self.session.config.label_scheme if self.session is not None else "program"
 
     @property
     def density_bins(self) -> int:
@@ -198,10 +219,10 @@ class AppController:
         """(job prompt, take ``i``, track names) to draw a finished take, if there is one."""
         if not (0 <= i < len(self.takes)) or self.job_prompt is None:
             return None
-        names = track_names(self.job_prompt)
+        names = track_names(self.job_prompt, self.label_scheme)
         result = self.takes[i]
         return self.job_prompt, result, names + [
-            instrument_name(t.inst) for t in result.tracks[len(names) :]]
+            instrument_name(t.inst, self.label_scheme) for t in result.tracks[len(names) :]]
 
     # ------------------------------------------------------------------ save, clip, preview
     def current_piece(self, i: int) -> Piece | None:

@@ -51,7 +51,7 @@ class JobView(QObject):
 
     def _begin(self, prompt: Piece) -> None:
         self.gen.clear_takes()
-        self.roll.model.set_prompt(prompt, track_names(prompt))
+        self.roll.model.set_prompt(prompt, track_names(prompt, self.ctl.label_scheme))
         self.roll.refresh()
         self.streaming_take = self.stream_count = self.follow_step = 0
         self.live = None
@@ -86,7 +86,8 @@ class JobView(QObject):
             self.streaming_take, self.follow_step = take, 0
             self.roll.model.clear_generated()
         spec = self.ctl.last_spec
-        name = instrument_name(spec.instrument) if spec is not None and spec.kind == "add" else ""
+        name = (instrument_name(spec.instrument, self.ctl.label_scheme)
+                if spec is not None and spec.kind == "add" else "")
         self.roll.model.add_generated(track, note, name)
         self.stream_count += 1
         # repaint at most ~30 times a second, however fast notes stream

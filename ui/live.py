@@ -8,10 +8,14 @@ thread, where the window draws them.
 
 from __future__ import annotations
 
+import logging
+
 from bandmate.bridge.facade import Bridge
 from bandmate.bridge.live import Generator, LiveConfig, LiveEngine, LiveEvent, LiveJob
 from bandmate.models.types import Piece
 from PyQt6.QtCore import QObject, pyqtSignal
+
+log = logging.getLogger("bandmate.ui.window")
 
 
 class LiveLink(QObject):
@@ -31,6 +35,16 @@ class LiveLink(QObject):
 
     def prompt_at(self, t_ns: int, bars: int) -> Piece:
         return self.engine.prompt_at(t_ns, bars)[0]
+
+    def played_prompt(self, t_ns: int, bars: int) -> Piece | None:
+        """The captured bars for a click at ``t_ns``, or None when nothing was played (or
+        the capture failed: the window then uses the open file)."""
+        try:
+            piece = self.prompt_at(t_ns, bars)
+        except Exception as e:
+            log.warning("no live capture: %s", e)
+            return None
+        return piece if any(t.notes for t in piece.tracks) else None
 
     def trigger(self, kind: str, t_ns: int, prompt: Piece, label: str, bars: int,
                 generator: Generator) -> LiveJob:

@@ -17,6 +17,7 @@ from PyQt6.QtGui import QAction, QDrag, QKeySequence
 from PyQt6.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
+    QFileDialog,
     QGroupBox,
     QHBoxLayout,
     QLabel,
@@ -171,6 +172,10 @@ class MidiPanel(QGroupBox):
         return "" if t in ("", VIRTUAL_PORT) else t
 
 
+#: the Model picker's last entry: open a folder dialog
+OTHER_MODEL = "\x00other"
+
+
 class GeneratePanel(QGroupBox):
     """Bars, temperature, density, instrument, variations, take; the action buttons."""
 
@@ -186,6 +191,9 @@ class GeneratePanel(QGroupBox):
         self.temp_spin.setToolTip("Temperature: lower is safer, higher is more adventurous")
         self.density_box = QComboBox()
         self.density_box.setToolTip("Note density of an added track (Auto: the model decides)")
+        self.model_box = QComboBox()
+        self.model_box.setToolTip("The model: a shipped one by name, or an exported folder "
+                                  "(Other folder…); remembered for the next start")
         self.inst_box = QComboBox()
         self.inst_box.setToolTip("The instrument 'Add track' writes")
         self.var_spin = QSpinBox()
@@ -205,7 +213,8 @@ class GeneratePanel(QGroupBox):
                                  "All notes off on all 16 channels (Ctrl+Shift+P)")
         self.clip = ClipHandle(mime)
         gl = QHBoxLayout(self)
-        for label, w in (("Bars", self.bars_box), ("Temp", self.temp_spin),
+        for label, w in (("Model", self.model_box), ("Bars", self.bars_box),
+                         ("Temp", self.temp_spin),
                          ("Density", self.density_box), ("Instrument", self.inst_box),
                          ("Variations", self.var_spin), ("Take", self.take_box)):
             gl.addWidget(QLabel(label))
@@ -215,13 +224,45 @@ class GeneratePanel(QGroupBox):
                   self.panic_btn, self.clip):
             gl.addWidget(w)
 
-    def set_instruments(self, choices: list[tuple[str, str]], selected: str) -> None:
-        self.inst_box.blockSignals(True)
-        self.inst_box.clear()
-        for label, name in choices:
-            self.inst_box.addItem(name, label)
-        self.inst_box.setCurrentIndex(max(0, self.inst_box.findData(selected)))
-        self.inst_box.blockSignals(False)
+    def set_instruments(self, groups: list[tuple[str, list[tuple[str, str]]]],
+                        selected: str) -> None:
+        """Fill the Instrument picker: with several entries in a group (a GM model's
+        programs), the family name heads its group as a greyed, unselectable line; groups of
+        one (the voices of a chorale model, a gm-family model's families) are separated by a
+        line only."""
+        box = self.inst_box
+        box.blockSignals(True)
+        box.clear()
+        headed = any(len(items) > 1 for head, items in groups if head != "Voices")
+        for head, items in groups:
+            if box.count() and (headed or head in ("Drums", "Voices") or
+                                box.itemData(box.count() - 1) == "DRUMS"):
+                box.insertSeparator(box.count())
+            if headed and head != "Voices":
+                box.addItem(f"— {head} —", None)
+                item = box.model().item(box.count() - 1)
+                if item is not None:
+                    item.setEnabled(False)
+            for label, name in items:
+                box.addItem(name, label)
+        i = box.findData(selected)
+        if i < 0:
+            i = next((k for k in range(box.count()) if box.itemData(k)), 0)
+        box.setCurrentIndex(i)
+        box.blockSignals(False)
+
+    def set_models(self, choices: list[tuple[str, str]], selected: str) -> None:
+        """Fill the Model picker: (value, text) pairs, value a shipped name or a folder;
+        "Other folder…" last (value OTHER_MODEL)."""
+        box = self.model_box
+        box.blockSignals(True)
+        box.clear()
+        for value, text in choices:
+            box.addItem(text, value)
+        box.insertSeparator(box.count())
+        box.addItem("Other folder…", OTHER_MODEL)
+        box.setCurrentIndex(max(0, box.findData(selected)))
+        box.blockSignals(False)
 
     def set_density_bins(self, bins: int, selected: int) -> None:
         self.density_box.clear()
@@ -263,3 +304,20 @@ class StatusPanel(QWidget):
         if running:
             self.progress.setRange(0, 1)
             self.progress.setValue(0)
+
+
+def open_file_dialog(parent: QWidget, title: str, on_selected: Callable[[str], object],
+                     directory: str = "", name_filter: str = "", folder: bool = False,
+                     save_suffix: str = "") -> None:
+    """A non-blocking file dialog (``open()``, so tests and the event loop go on):
+    a folder, a file to open, or with ``save_suffix`` a file to save."""
+    dlg = QFileDialog(parent, title, directory)
+    if folder:
+        dlg.setFileMode(QFileDialog.FileMode.Directory)
+    if save_suffix:
+        dlg.setAcceptMode(QFileDialog.AcceptMode.AcceptSave)
+        dlg.setDefaultSuffix(save_suffix)
+    if name_filter:
+        dlg.setNameFilter(name_filter)
+    dlg.fileSelected.connect(on_selected)
+    dlg.open()

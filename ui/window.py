@@ -16,19 +16,21 @@ from pathlib import Path
 
 from bandmate.models.session import ModelSession
 from bandmate.models.types import Piece
+from bandmate.ui import panels
 from bandmate.ui.connection import MidiConnection, port_names
 from bandmate.ui.controller import AppController, Refusal, track_names
 from bandmate.ui.job_view import JobView
 from bandmate.ui.jobs import Engine
 from bandmate.ui.live import LiveLink
 from bandmate.ui.messages import MessageSink
+from bandmate.ui.names import add_button_text
 from bandmate.ui.panels import VIRTUAL_PORT, GeneratePanel, MidiPanel, StatusPanel, add_menus
 from bandmate.ui.roll import PianoRoll
 from bandmate.ui.settings import AppSettings, load_settings, save_settings
 from bandmate.ui.worker import BackgroundCall
 from PyQt6.QtCore import QMimeData, QSettings, QTimer, QUrl, pyqtSignal
 from PyQt6.QtGui import QIcon
-from PyQt6.QtWidgets import QFileDialog, QMainWindow, QVBoxLayout, QWidget
+from PyQt6.QtWidgets import QMainWindow, QVBoxLayout, QWidget
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +93,7 @@ class MainWindow(QMainWindow):
         m.refresh_btn.clicked.connect(self.refresh_ports)
         m.connect_btn.clicked.connect(self._toggle_connect)
         g.inst_box.currentIndexChanged.connect(self._update_buttons)
+        g.model_box.activated.connect(self._model_chosen)
         g.take_box.currentIndexChanged.connect(self.jobs.show_take)
         g.continue_btn.clicked.connect(lambda: self.generate("continue"))
         g.add_btn.clicked.connect(lambda: self.generate("add"))
@@ -152,10 +155,16 @@ class MainWindow(QMainWindow):
 
     # ------------------------------------------------------------------ model
     def model_dialog(self) -> None:
-        dlg = QFileDialog(self, "Choose an exported model folder (with bandmate.json)")
-        dlg.setFileMode(QFileDialog.FileMode.Directory)
-        dlg.fileSelected.connect(self.load_model)
-        dlg.open()
+        panels.open_file_dialog(self, "Choose an exported model folder (with bandmate.json)",
+                         self.load_model, folder=True)
+
+    def _model_chosen(self, i: int) -> None:
+        value = self.gen.model_box.itemData(i)
+        if value == panels.OTHER_MODEL:  # back to the model in use until a folder is chosen
+            self.gen.set_models(*self.ctl.model_choices(self.settings.model_dir))
+            self.model_dialog()
+        elif value != (self.settings.model_dir or "default"):
+            self.load_model(value)
 
     def load_model(self, path: str | None = "") -> None:
         """Load a model folder on a worker ('' or None = the shipped model)."""
@@ -171,9 +180,9 @@ class MainWindow(QMainWindow):
     def _model_loaded(self, session: ModelSession, path: str) -> None:
         if self.ctl.model_loaded(session) and self.ctl.prompt is not None:
             self._show_prompt(self.ctl.prompt)
+        self.save_settings(model_dir=path)
         self._fill_model_controls()
         log.info("model %s loaded (%s)", session.name, session.provider)
-        self.save_settings(model_dir=path)
         self._update_buttons()
         self.update_status()
 
@@ -184,6 +193,7 @@ class MainWindow(QMainWindow):
 
     def _fill_model_controls(self) -> None:
         g = self.gen
+        g.set_models(*self.ctl.model_choices(self.settings.model_dir))
         want_d = g.density_box.currentData()
         g.set_instruments(*self.ctl.instruments(g.inst_box.currentData()
                                                 or self.settings.instrument))
@@ -193,10 +203,9 @@ class MainWindow(QMainWindow):
 
     # ------------------------------------------------------------------ files
     def open_dialog(self) -> None:
-        dlg = QFileDialog(self, "Open a MIDI file as prompt", self.settings.last_dir)
-        dlg.setNameFilter("MIDI files (*.mid *.midi *.kar *.smf);;All files (*)")
-        dlg.fileSelected.connect(self.open_midi)
-        dlg.open()
+        panels.open_file_dialog(self, "Open a MIDI file as prompt", self.open_midi,
+                         self.settings.last_dir,
+                         "MIDI files (*.mid *.midi *.kar *.smf);;All files (*)")
 
     def open_midi(self, path: str | Path) -> bool:
         """Load a MIDI file as the prompt; a bad file is refused with a message."""
@@ -213,7 +222,7 @@ class MainWindow(QMainWindow):
     def _show_prompt(self, piece: Piece) -> None:
         self.midi.tempo_spin.setValue(piece.tempo)  # the file's tempo, for previews
         self.gen.take_box.clear()
-        self.roll.model.set_prompt(piece, track_names(piece))
+        self.roll.model.set_prompt(piece, track_names(piece, self.ctl.label_scheme))
         self.roll.model.playhead = None
         self.roll.refresh(fit_pitches=True)
         self.roll.center_pitches()
@@ -224,12 +233,8 @@ class MainWindow(QMainWindow):
         if self.current_piece() is None:
             self.messages.info("Nothing to save", "Open a MIDI file or generate first.")
             return
-        dlg = QFileDialog(self, "Save as MIDI", self.settings.last_dir)
-        dlg.setAcceptMode(QFileDialog.AcceptMode.AcceptSave)
-        dlg.setDefaultSuffix("mid")
-        dlg.setNameFilter("MIDI files (*.mid)")
-        dlg.fileSelected.connect(self.save_midi)
-        dlg.open()
+        panels.open_file_dialog(self, "Save as MIDI", self.save_midi, self.settings.last_dir,
+                         "MIDI files (*.mid)", save_suffix="mid")
 
     def current_piece(self) -> Piece | None:
         return self.ctl.current_piece(self.gen.take_box.currentIndex())
@@ -269,14 +274,8 @@ class MainWindow(QMainWindow):
     def _live_prompt(self, bars: int, t_ns: int) -> Piece | None:
         """The live engine's prompt for a click at ``t_ns`` while the DAW plays (None: use
         the file)."""
-        if self.live_link is None or not self.conn.running():
-            return None
-        try:
-            piece = self.live_link.prompt_at(t_ns, bars)
-        except Exception as e:
-            log.warning("no live capture: %s", e)
-            return None
-        return piece if any(t.notes for t in piece.tracks) else None
+        link = self.live_link
+        return link.played_prompt(t_ns, bars) if link and self.conn.running() else None
 
     def generate(self, kind: str) -> bool:
         """Start Continue or Add track; False (with a message) when it cannot."""
@@ -386,7 +385,8 @@ class MainWindow(QMainWindow):
         have = self.ctl.prompt is not None or self.conn.bridge is not None
         g.continue_btn.setEnabled(ready and have)
         g.add_btn.setEnabled(ready and have)
-        g.add_btn.setText(f"Add {g.inst_box.currentText() or 'bass'} track")
+        g.add_btn.setText(add_button_text(g.inst_box.currentData() or "BASS",
+                                          g.inst_box.currentText()))
         g.preview_btn.setEnabled(takes and not busy)
         g.clip.setEnabled(takes)
 

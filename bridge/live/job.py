@@ -49,7 +49,7 @@ class EngineGenerator:
         self.session = session
         self.sampling = sampling if sampling is not None else generate.SamplingConfig()
         self.density = density
-        self.labels = session.labels_seen or tuple(session.config.labels)
+        self.labels = session.add_labels or tuple(session.config.labels)
 
     @classmethod
     def load(cls, model: str | None = None, seed: int | None = None) -> EngineGenerator:

@@ -17,6 +17,11 @@ from bandmate.training.export import ExportConfig, random_model, write_model_fol
 CHORALE_CODEC = CodecConfig(
     voices=("SOPRANO", "ALTO", "TENOR", "BASS"), density_bins=4, density_edges=(8.0, 12.0, 16.0)
 )
+#: A band codec (General MIDI families and drums, as models/band) and the labels its random
+#: models claim to have seen (most frequent first, as prepare lists them).
+BAND_CODEC = CodecConfig(label_scheme="gm-family", density_bins=4,
+                         density_edges=(12.0, 28.0, 52.0))
+BAND_LABELS = ("24", "DRUMS", "32", "48", "80", "0")
 
 
 def export_random(
@@ -29,6 +34,7 @@ def export_random(
     seed: int = 0,
     int8: bool = False,
     kv: bool = False,
+    labels_seen: tuple[str, ...] | None = None,
 ) -> Path:
     """A complete model folder with random weights, for tests of everything downstream.
 
@@ -44,7 +50,7 @@ def export_random(
         codec,
         out,
         ExportConfig(int8=int8, kv=kv, name=f"random-{n_layer}x{n_embd}-seed{seed}"),
-        labels_seen=codec.voices,
+        labels_seen=codec.voices if labels_seen is None else labels_seen,
         training={"random_weights": True, "seed": seed, "steps": 0, "tokens": 0},
     )
     return out

@@ -35,8 +35,10 @@ def test_prompt_takes_save_clip_and_preview(model_dir, tmp_path):
     assert ctl.status_tail() == ["no model"]
     assert ctl.model_loaded(ModelSession.load(model_dir)) is False  # no prompt to re-read
     assert ctl.model_error == "" and ctl.status_tail()[0].startswith("model ")
-    choices, selected = ctl.instruments("KAZOO")
-    assert selected == "BASS" and ("BASS", "Bass") in choices and ctl.density_bins == 4
+    groups, selected = ctl.instruments("KAZOO")
+    assert groups == [("Voices", [("SOPRANO", "Soprano"), ("ALTO", "Alto"),
+                                  ("TENOR", "Tenor"), ("BASS", "Bass")])]
+    assert selected == "BASS" and ctl.density_bins == 4
 
     with pytest.raises(Refusal) as r:
         ctl.start_job(ctl.job_spec("continue", AppSettings()))

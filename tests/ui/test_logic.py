@@ -213,3 +213,38 @@ def test_clip_of_continue_and_add():
     added = Piece((*prompt.tracks, Track("33", (Note(0, 36, 8),))), bars=1)
     clip = clip_of(prompt, added, "add")
     assert [t.inst for t in clip.tracks] == ["33"]
+
+
+def test_add_labels_have_one_fixed_order_and_family_groups():
+    from bandmate.models.instruments import grouped_choices, ordered_labels
+    from bandmate.ui.names import add_button_text, instrument_groups
+    from support.models import BAND_CODEC, BAND_LABELS, CHORALE_CODEC
+
+    # vocabulary order, whatever order the training data's counts gave
+    assert ordered_labels(["BASS", "SOPRANO", "TENOR", "ALTO"], CHORALE_CODEC.labels) == (
+        "SOPRANO", "ALTO", "TENOR", "BASS")
+    band = ordered_labels(BAND_LABELS, BAND_CODEC.labels)
+    assert band == ("DRUMS", "0", "24", "32", "48", "80")
+    assert instrument_groups(band, "gm-family") == [
+        ("Drums", [("DRUMS", "Drums")]), ("Piano", [("0", "Piano")]),
+        ("Guitar", [("24", "Guitar")]), ("Bass", [("32", "Bass")]),
+        ("Ensemble", [("48", "Ensemble")]), ("Synth Lead", [("80", "Synth Lead")])]
+    # a program-scheme GM model: GM names under their family
+    assert grouped_choices(["33", "34", "DRUMS", "0"]) == [
+        ("Bass", [("33", "Electric Bass (finger)"), ("34", "Electric Bass (pick)")]),
+        ("Drums", [("DRUMS", "Drums")]), ("Piano", [("0", "Acoustic Grand Piano")])]
+    assert add_button_text("DRUMS", "Drums") == "Add Drums"
+    assert add_button_text("32", "Bass") == "Add Bass track"
+    assert instrument_name("32", "gm-family") == "Bass"
+
+
+def test_model_choices_list_shipped_models_and_the_folder_in_use(tmp_path):
+    from bandmate.models import registry
+    from bandmate.ui.controller import AppController
+
+    choices, want = AppController.model_choices("")
+    assert want == "default" and choices[0] == ("default", "default: four-part chorales")
+    assert [v for v, _ in choices] == registry.installed()
+    folder = str(tmp_path / "my-model")
+    choices, want = AppController.model_choices(folder)
+    assert want == folder and choices[-1] == (folder, "folder: my-model")
