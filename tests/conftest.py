@@ -37,15 +37,8 @@ def jack_server():
 @pytest.fixture(scope="session")
 def band_model_dir(tmp_path_factory):
     """A tiny random-weight model folder with the gm-family codec (the band model's labels),
-    exported once; its labels_seen are those of a band corpus."""
-    import json
+    exported once; its labels_seen are those of a band corpus (support.models.BAND_LABELS)."""
+    from support.models import BAND_CODEC, BAND_LABELS, export_random
 
-    from bandmate.models.config import CodecConfig
-    from support.models import export_random
-
-    codec = CodecConfig(label_scheme="gm-family", density_bins=4, density_edges=(14, 28, 53))
-    out = export_random(tmp_path_factory.mktemp("band") / "band", codec=codec, seed=1)
-    meta = json.loads((out / "bandmate.json").read_text())
-    meta["labels_seen"] = ["0", "24", "DRUMS", "32", "48", "80"]
-    (out / "bandmate.json").write_text(json.dumps(meta, indent=1))
-    return out
+    return export_random(tmp_path_factory.mktemp("band") / "band", codec=BAND_CODEC,
+                         labels_seen=BAND_LABELS, seed=2)

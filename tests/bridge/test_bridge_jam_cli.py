@@ -118,3 +118,76 @@ def test_jam_trigger_then_signal_leaves_no_hanging_notes(jack_server, tiny_model
             proc.p.wait(5)
         if daw is not None:
             daw.close()
+
+
+def _band_notes() -> dict[int, list[mido.Message]]:
+    """A band without drums as a DAW sends it: program changes first (clean guitar 27 on
+    channel 1, finger bass 33 on channel 2), then 4 bars of quarter-note chords and a bass
+    on the half notes, repeating."""
+    out: dict[int, list[mido.Message]] = {0: [
+        mido.Message("program_change", channel=0, program=27),
+        mido.Message("program_change", channel=1, program=33)]}
+    chords = [(60, 64, 67), (57, 60, 64), (53, 57, 60), (55, 59, 62)]
+    for bar in range(12):
+        ch = chords[bar % 4]
+        for q in range(4):
+            on = bar * 96 + q * 24
+            for p in ch:
+                out.setdefault(on, []).append(
+                    mido.Message("note_on", channel=0, note=p, velocity=80))
+                out.setdefault(on + 20, []).append(mido.Message("note_off", channel=0, note=p))
+        for h in range(2):
+            on = bar * 96 + h * 48
+            out.setdefault(on, []).append(
+                mido.Message("note_on", channel=1, note=ch[0] - 24, velocity=90))
+            out.setdefault(on + 40, []).append(
+                mido.Message("note_off", channel=1, note=ch[0] - 24))
+    return out
+
+
+def test_jam_adds_drums_on_channel_10_from_the_next_bar_line(jack_server, band_model_dir,
+                                                             assert_no_hanging):
+    """A band model in `bandmate jam`: CC 21 value 1 (Drums, first in `bandmate models`'
+    order) over a guitar and a bass; the new part comes back on channel 10 from the bar
+    line after the trigger."""
+    in_name, out_name = "bm jam in band", "bm jam out band"
+    cmd = [sys.executable, "-m", "bandmate", "jam", "--api", "jack", "--in", in_name,
+           "--out", out_name, "--model", str(band_model_dir), "--bars", "2", "--clock", "midi",
+           "--seed", "3"]
+    proc = Proc(cmd, jack_server.env())
+    daw = None
+    try:
+        assert wait_until(lambda: proc.saw("jam ready") or proc.p.poll() is not None, 60), \
+            proc.log()
+        assert proc.p.poll() is None, proc.log()
+        assert proc.saw("add (value 1=Drums, 2=Piano, 3=Guitar, 4=Bass"), proc.log()
+        daw = DawSim(in_name, out_name, name="daw jam band")
+        notes = _band_notes()
+        trigger_tick = 2 * 96 + 24  # a quarter into bar 3: prompt = bars 1-2
+        notes.setdefault(trigger_tick, []).append(
+            mido.Message("control_change", channel=15, control=21, value=1))
+        daw.play(TEMPO, ticks=8 * 96, notes=notes)
+
+        def drum_hits() -> list:
+            return [r for r in daw.messages(["note_on"])
+                    if r.msg.velocity > 0 and r.msg.channel == 9]
+        assert wait_until(lambda: len(drum_hits()) >= 4, 15), proc.log()
+        assert proc.saw("add DRUMS over 2 prompt bar(s)"), proc.log()
+        daw.wait()
+        time.sleep(0.3)
+        got = daw.messages()
+        pairs, hanging = pair_notes(got)
+        assert_no_hanging(hanging)
+        new = [p for p in pairs if p[0] == 9]
+        assert len(new) >= 4 and all(ch == 9 for ch, *_ in pairs)  # nothing but the drums
+        steps = sorted(daw.step_of(on_ns) for _ch, _p, on_ns, _off in new)
+        assert steps[0] >= 3 * 16 - 0.3  # from the bar line after the trigger
+        assert all(abs(s - round(s)) < 0.4 for s in steps)  # on the 16th grid
+        proc.p.send_signal(signal.SIGTERM)
+        assert proc.p.wait(15) == 0, proc.log()
+    finally:
+        if proc.p.poll() is None:
+            proc.p.kill()
+            proc.p.wait(5)
+        if daw is not None:
+            daw.close()

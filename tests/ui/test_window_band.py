@@ -5,19 +5,10 @@ picker."""
 from __future__ import annotations
 
 import mido
-import pytest
 from bandmate.models.midi_io import write_midi
 from bandmate.models.types import DRUM_CHANNEL, Note, Piece, Track
 from bandmate.ui.messages import MessageSink
 from bandmate.ui.window import MainWindow
-
-
-@pytest.fixture(scope="module")
-def band_model_dir(tmp_path_factory):
-    from support.models import BAND_CODEC, BAND_LABELS, export_random
-
-    return export_random(tmp_path_factory.mktemp("band") / "band-random", codec=BAND_CODEC,
-                         labels_seen=BAND_LABELS, seed=2)
 
 
 def band_file(path) -> None:
@@ -69,7 +60,7 @@ def test_the_model_picker_lists_shipped_models_and_remembers(qtbot, make_window,
     box = w.gen.model_box
     values = [box.itemData(i) for i in range(box.count())]
     assert "default" in values and box.currentData() == str(band_model_dir)
-    assert box.currentText() == "folder: band-random"
+    assert box.currentText() == "folder: band"
     box.activated.emit(box.findData("default"))  # the user picks the chorale model
     qtbot.waitUntil(lambda: w.ctl.session is not None and w.ctl.label_scheme == "program"
                     and "BASS" in w.ctl.session.add_labels, timeout=60_000)
