@@ -20,6 +20,10 @@ chorale's (a model that listens to the other voices gains; one that does not, do
 `--files tune` reads the tuning set instead (the chorales `bandmate prepare` put in the
 validation split, not trained on and not held out): `--sweep` picks the sampling defaults there,
 never on the held-out files. Prints one JSON line last.
+
+A General MIDI band model (codec label_scheme "gm-family", e.g. `--model band`) is measured on
+its own tasks and held-out pieces instead (add bass, add drums, continue; bench/holdout/band.txt):
+see bench/quality_band.py; `--n` then counts 4-bar windows (default 40).
 """
 
 from __future__ import annotations
@@ -219,7 +223,13 @@ def main(argv: list[str] | None = None) -> int:
     from bandmate.models.session import ModelSession, default_model_dir
 
     model = resolve_model(args.model) or default_model_dir()  # a shipped name or a folder
+    if not (model / "bandmate.json").is_file():
+        print(f"bench/quality.py: {model} is not a model folder (no bandmate.json)",
+              file=sys.stderr)
+        return 2
     meta = json.loads((model / "bandmate.json").read_text())
+    if meta.get("codec", {}).get("label_scheme") == "gm-family":
+        return _band(model, args)  # a band model: its own tasks and held-out pieces
     verified = verify_holdout(meta)
     if args.files == "holdout" and not verified and not args.allow_unverified:
         print(
@@ -268,6 +278,22 @@ def main(argv: list[str] | None = None) -> int:
         **r,
     }
     print(json.dumps(out))
+    return 0
+
+
+def _band(model: Path, args: argparse.Namespace) -> int:
+    """bench/quality_band.py's figures for a General MIDI (gm-family) model."""
+    import quality_band as QB
+
+    meta = json.loads((model / "bandmate.json").read_text())
+    if not QB.verify_holdout(meta) and not args.allow_unverified:
+        print(f"bench/quality.py: {model}'s bandmate.json does not record that its training "
+              "data excluded bench/holdout/band.txt (prepare --exclude): its figures would not "
+              "be a fair test. Pass --allow-unverified to see them anyway.", file=sys.stderr)
+        return 2
+    n = 40 if args.n == 60 else args.n  # --n counts held-out windows here (default 40)
+    res = QB.band_quality(model, n, args.seed, temperature=args.temperature, top_p=args.top_p)
+    print(json.dumps(res))
     return 0
 
 

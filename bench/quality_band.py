@@ -20,8 +20,10 @@ as the app calls it), for the piece's own part, and for random pitches on the re
 Success: the call returned and the new part/bars have notes; repairs: what the codec's
 decoder had to repair in every token window the engine wrote (0 under the grammar).
 
-Usage: python bench/quality_band.py --model band --n 40 --seed 0 [--out FILE]
-It runs against any model folder; the JSON figures are on the last line.
+Usage: python bench/quality.py --model band (bench/quality.py hands a gm-family model to
+this module), or python bench/quality_band.py --model band --n 40 --seed 0 [--out FILE].
+It runs against any model folder; the JSON figures are on the last line, with
+``holdout_verified`` (the model's manifest excluded every held-out file) and the goals.
 """
 
 from __future__ import annotations
@@ -70,6 +72,40 @@ def holdout_files(holdout: Path = HOLDOUT, data: Path = DATA) -> list[Path]:
             out.append(data / words[1])
             take = not by_piece
     return out
+
+
+def holdout_digests(holdout: Path = HOLDOUT) -> set[str]:
+    """Every file of the held-out pieces, by content digest (the first word of each line)."""
+    out = set()
+    for line in holdout.read_text(encoding="utf-8").splitlines():
+        words = line.split("#", 1)[0].split()
+        if len(words) >= 2:
+            out.add(words[0])
+    return out
+
+
+def verify_holdout(meta: dict, holdout: Path = HOLDOUT) -> bool:
+    """Whether the model's training data excluded every file of the held-out pieces (its
+    manifest's ``exclude``, written by ``bandmate prepare --exclude``)."""
+    cfg = meta.get("training", {}).get("manifest", {}).get("config", {})
+    return holdout_digests(holdout) <= set(cfg.get("exclude", []))
+
+
+def goals(res: dict) -> dict[str, bool]:
+    """The band model's goals (issue: beyond chorales): bass chord tones >= 0.9 x own, kick on
+    1 and backbeat >= 0.8 x own, every call a success, no repairs."""
+    def ratio_ok(task: str, key: str, k: float) -> bool:
+        m, o = res[task]["model"].get(key), res[task]["own"].get(key)
+        return m is not None and o is not None and m >= k * o
+
+    tasks = ("bass", "drums", "continue")
+    return {
+        "bass_chord_tones": ratio_ok("bass", "chord_tones", 0.9),
+        "drums_kick_on_1": ratio_ok("drums", "kick_on_1", 0.8),
+        "drums_backbeat": ratio_ok("drums", "backbeat", 0.8),
+        "success": all(res[t]["model"].get("success") == 1.0 for t in tasks),
+        "repairs": all(res[t]["model"].get("repairs") == 0 for t in tasks),
+    }
 
 
 def is_bass(t: Track) -> bool:
@@ -266,15 +302,20 @@ def band_quality(
     seed: int = 0,
     holdout: Path = HOLDOUT,
     data: Path = DATA,
-    temperature: float = 1.0,
+    temperature: float | None = None,
+    top_p: float | None = None,
 ) -> dict:
     """The figures of the module docstring for ``n`` held-out windows (model_dir: a folder or
-    a shipped model's name; None = the default model)."""
+    a shipped model's name; None = the default model). Sampling: the CLI's and the app's
+    defaults unless ``temperature`` / ``top_p`` are given."""
     from bandmate.models import generate as G
     from bandmate.models.sampler import SamplingConfig
     from bandmate.models.session import ModelSession
 
     t0 = time.perf_counter()
+    base = SamplingConfig()
+    base = replace(base, temperature=base.temperature if temperature is None else temperature,
+                   top_p=base.top_p if top_p is None else top_p)
     session = ModelSession.load(model_dir)
     config = replace(session.config, meter="strict")
     files = holdout_files(holdout, data)
@@ -291,7 +332,7 @@ def band_quality(
         own_bass = tracks[bass_i]
         others = [t for t in tracks if not t.is_drum and not is_bass(t)]
         drums = [t for t in tracks if t.is_drum]
-        sampling = SamplingConfig(seed=seed * 100_003 + k, temperature=temperature)
+        sampling = replace(base, seed=seed * 100_003 + k)
         log.info("window %d/%d: %s bars %d-%d", k + 1, len(windows), name, b, b + BARS - 1)
 
         # Add bass: every bass-family track out, the rest (drums too) as the prompt.
@@ -384,20 +425,25 @@ def band_quality(
             out["repairs"] = int(g("repairs"))
         return out
 
-    return {
+    res = {
         "model": session.name,
         "model_dir": str(session.path),
         "label_scheme": session.config.label_scheme,
+        "holdout_verified": verify_holdout(session.meta, holdout),
         "windows": len(windows),
         "pieces": len({w[0] for w in windows}),
         "seed": seed,
-        "temperature": temperature,
+        "settings": {"temperature": base.temperature, "top_p": base.top_p},
         **{
             task: {w: who(task, w) for w in ("model", "own", "random")}
             for task in ("bass", "drums", "continue")
         },
         "seconds": round(time.perf_counter() - t0, 1),
     }
+    g = goals(res)
+    res["goals"] = g
+    res["goals_met"] = f"{sum(g.values())}/{len(g)}"
+    return res
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -405,7 +451,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="band", help="a shipped model's name or a model folder")
     ap.add_argument("--n", type=int, default=40, help="held-out windows")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--temperature", type=float, default=None, help="default: the CLI's")
+    ap.add_argument("--top-p", type=float, default=None, help="default: the CLI's")
     ap.add_argument("--holdout", type=Path, default=HOLDOUT)
     ap.add_argument("--data", type=Path, default=DATA, help="the Freedoom folder")
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
@@ -414,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     try:
         res = band_quality(args.model, args.n, args.seed, args.holdout, args.data,
-                           args.temperature)  # fmt: skip
+                           args.temperature, args.top_p)  # fmt: skip
     except (OSError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

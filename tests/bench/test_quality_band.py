@@ -65,7 +65,23 @@ def test_band_quality_runs_on_any_model(band_model_dir, tmp_path):
     argv = ["--model", str(band_model_dir), "--n", "1", "--holdout", str(holdout),
             "--data", str(data), "--out", str(out)]  # fmt: skip
     assert qb.main(argv) == 0
-    assert json.loads(out.read_text())["windows"] == 1
+    got = json.loads(out.read_text())
+    assert got["windows"] == 1 and got["holdout_verified"] is False  # a random model
+    assert set(got["goals"]) == {"bass_chord_tones", "drums_kick_on_1", "drums_backbeat",
+                                 "success", "repairs"}
+    assert got["settings"]["temperature"] == 0.6  # the CLI's default sampling
+
+
+def test_quality_py_hands_a_band_model_to_the_band_benchmark(band_model_dir):
+    """bench/quality.py picks the band tasks by the model's labels, and refuses a model not
+    recorded as trained without the held-out pieces (this random one)."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, str(ROOT / "bench/quality.py"), "--model",
+                        str(band_model_dir), "--n", "1"], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 2 and "bench/holdout/band.txt" in r.stderr, r.stderr[-2000:]
 
 
 def test_metrics_by_hand():
