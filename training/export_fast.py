@@ -42,8 +42,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from bandmate.models.model_folder import KV_FP32_NAME, KV_INT8_NAME, decode_io_names
 from bandmate.models.kv_cache import SharedKV
+from bandmate.models.model_folder import KV_FP32_NAME, KV_INT8_NAME, decode_io_names
 from bandmate.training.onnx_checks import Agreement, ParityError, cpu_session, quiet_root_logger
 
 log = logging.getLogger(__name__)
