@@ -172,6 +172,59 @@ def render_quality(q: dict, curve: list[dict] | None = None) -> list[str]:
     return lines
 
 
+def render_quality_band(q: dict, curve: list[dict] | None = None) -> list[str]:
+    """bench/quality.py's figures for a band model (bench/quality_band.py's JSON)."""
+    st = q.get("settings", {})
+
+    def row(task: str, key: str) -> str:
+        return " / ".join(_f(q[task][w].get(key), 3) for w in ("model", "own", "random"))
+
+    lines = [
+        "## Music (bench/quality.py, band tasks: bench/quality_band.py)",
+        "",
+        f"On {q['windows']} four-bar windows of {q['pieces']} Freedoom pieces held out from "
+        "training by piece (bench/holdout/band.txt, left out by content with `bandmate prepare "
+        f"--exclude`; verified: {'yes' if q.get('holdout_verified') else 'NO'}), sampling at "
+        f"temperature {st.get('temperature')}, top-p {st.get('top_p')}, seed {q.get('seed')}. "
+        "Each figure: the model / the piece's own part / random pitches on the real rhythm.",
+        "",
+        "| task | figure | model / own / random |",
+        "|---|---|---|",
+        f"| add bass | onsets on chord tones of the other parts | {row('bass', 'chord_tones')} |",
+        f"| add drums | bars with hits | {row('drums', 'bars_with_hits')} |",
+        f"| add drums | bars with a kick on beat 1 | {row('drums', 'kick_on_1')} |",
+        f"| add drums | beats 2 and 4 with a snare or clap | {row('drums', 'backbeat')} |",
+        f"| add drums | hits on the 8th grid | {row('drums', 'on_8th')} |",
+        f"| continue 4 bars | new notes in the prompt's key | {row('continue', 'in_key')} |",
+        f"| continue 4 bars | new notes copying the prompt | {row('continue', 'copying')} |",
+        "",
+        "Success (add bass / add drums / continue): "
+        + " / ".join(_f(q[t]["model"].get("success"), 3) for t in ("bass", "drums", "continue"))
+        + "; repairs: "
+        + " / ".join(str(q[t]["model"].get("repairs")) for t in ("bass", "drums", "continue"))
+        + f"; goals of the band-model issue met: {q.get('goals_met')}"
+        + (" (" + ", ".join(k for k, ok in q.get("goals", {}).items() if not ok) + " not)"
+           if q.get("goals") and not all(q["goals"].values()) else "")
+        + ".",
+        "",
+    ]
+    if curve:
+        lines += [
+            "Quality against tokens seen (same benchmark, checkpoints of this run):",
+            "",
+            "| step | real tokens seen | bass chord tones | kick on 1 | backbeat | val loss |",
+            "|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in curve:
+            lines.append(
+                f"| {r['step']} | {r['real_tokens_seen']:,} | {_f(r.get('bass'), 3)} | "
+                f"{_f(r.get('kick_on_1'), 3)} | {_f(r.get('backbeat'), 3)} | "
+                f"{_f(r.get('val_loss'), 4)} |"
+            )
+        lines.append("")
+    return lines
+
+
 def _intro_chorale(meta: dict) -> list[str]:
     return [
         f"# {meta['name']}: the bandmate chorale model",
@@ -307,7 +360,8 @@ def render(
         ]
     lines += ["", *[f"{n}" for n in (notes or [])], ""]
     if quality:
-        lines += render_quality(quality, curve)
+        lines += (render_quality_band if "headline" not in quality else render_quality)(
+            quality, curve)
     lines += [
         "## Reproduce",
         "",
