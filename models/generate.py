@@ -172,6 +172,10 @@ class _Job:
     def plan(self, row: _Row, window: object) -> list[_Action]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def must_play(self, row: _Row, bar: _Bar) -> bool:
+        """Whether ``bar`` may not be left empty (see BarGrammar.must_play)."""
+        return False
+
     def row_piece(self, row: _Row) -> Piece:
         """The result piece as far as ``row`` has written it (prompt notes + its notes)."""
         tracks = []
@@ -423,6 +427,14 @@ class _AddJob(_Job):
         if self.cuts:
             log.info("prompt cut to fit %d tokens: %s", n_pos, summarise(self.cuts))
 
+    def must_play(self, row: _Row, bar: _Bar) -> bool:
+        """The new track's last bar plays when every bar before it came out empty."""
+        return (
+            bar.track == self.new_index
+            and bar.bar == self.prompt.bars - 1
+            and not row.notes.get(self.new_index)
+        )
+
     def plan(self, row: _Row, window: object) -> list[_Action]:
         b0, b1 = window  # type: ignore[misc]
         piece = self.row_piece(row)
@@ -542,6 +554,7 @@ def _advance(job: _Job, row: _Row, out: list[tuple[int, object]]) -> None:
             g.reset()
             g.end_token = a.end
             g._on_ok = np.ones(128, bool) if allowed is None else allowed
+            g.must_play = job.must_play(row, a)
             _auto(job, row, a, out)
             if not g.done:
                 return

@@ -89,7 +89,10 @@ class BarGrammar:
 
     ``allowed_on`` restricts NOTE_ON pitches (range / scale). When ``closing`` is set (the
     bar's token budget or the context is running out), no new notes start: sounding notes
-    are closed and the bar ends in at most ``len(sounding) + 2`` tokens.
+    are closed and the bar ends in at most ``len(sounding) + 2`` tokens. ``must_play`` (set
+    per bar, cleared by `reset`) forbids an empty bar: the generator sets it on the last bar of
+    a track the user asked for when that track is still silent, because "Add bass" that
+    returns no bass is a failed request, not a musical choice.
     """
 
     vocab_size: int
@@ -105,6 +108,7 @@ class BarGrammar:
         self.onset = np.zeros(128, np.int64)
         self.n_tokens = 0
         self.closing = False
+        self.must_play = False
         self.done = False
         self._on_ok = np.ones(128, bool) if self.allowed_on is None else self.allowed_on.copy()
         self._mask = np.zeros(self.vocab_size, bool)
@@ -117,6 +121,7 @@ class BarGrammar:
         self.sounding[:] = False
         self.n_tokens = 0
         self.closing = False
+        self.must_play = False
         self.done = False
 
     # ------------------------------------------------------------------ masks
@@ -153,8 +158,9 @@ class BarGrammar:
                 top = S - t if any_sounding else (S - t - 1 if self._on_ok.any() else 0)
                 if top >= 1:
                     m[TIME_DELTA0 + 1 : TIME_DELTA0 + top + 1] = True
-        # BAR_END: nothing sounding, no trailing delta.
-        if not any_sounding and ph != _AFTER_DELTA:
+        # BAR_END: nothing sounding, no trailing delta; not before the first token of a bar
+        # that must play (a rest there already has to lead to a note).
+        if not any_sounding and ph != _AFTER_DELTA and not (self.must_play and self.n_tokens == 0):
             m[self.end_token] = True
         if not m.any():  # e.g. a delta into a step where the pitch mask allows no NOTE_ON
             if any_sounding:

@@ -15,7 +15,7 @@ from bandmate.models.codec import decode
 from bandmate.models.midi_io import read_midi
 from bandmate.models.sampler import SamplingConfig
 from bandmate.models.session import ModelSession
-from bandmate.models.vocab import DENSITY0, NOTE_ON0
+from bandmate.models.vocab import BAR_END, DENSITY0, NOTE_ON0
 
 CHORALE = Path(__file__).parents[1] / "data" / "jsfakes-0.mid"
 
@@ -97,6 +97,34 @@ def test_add_track_density_and_pitch_range(sess, prompt):
     assert ons and all(36 <= p <= 55 for p in ons)
     with pytest.raises(G.GenerationError, match="unknown instrument"):
         G.add_track(sess, prompt, "kazoo")
+
+
+def _silent_sampler(real):
+    """A model that always wants silence: BAR_END whenever the mask allows it."""
+
+    def pick(logits, mask, sampling, rng):
+        if mask[BAR_END]:
+            return BAR_END
+        return real(logits, mask, sampling, rng)
+
+    return pick
+
+
+@pytest.mark.parametrize("bars", [4, 9])
+def test_an_added_track_is_never_empty(sess, monkeypatch, bars):
+    # A model that would leave every bar empty still plays in the requested track's last
+    # bar (and only there): "Add bass" returning no bass is a failure, not a choice.
+    piece = read_midi(CHORALE, sess.config)
+    piece = piece.slice_bars(0, bars) if bars <= piece.bars else piece
+    monkeypatch.setattr(G, "sample", _silent_sampler(G.sample))
+    done = list(G.stream_add_track(sess, piece, "bass", sampling=SamplingConfig(seed=1)))[-1]
+    new = done.piece.tracks[-1].notes
+    last = (piece.bars - 1) * 16
+    assert new and all(n.start >= last for n in new)
+    _no_repairs(sess, done)
+    # Continuing may leave bars empty: rests are music there.
+    cont = G.continue_piece(sess, piece.slice_bars(0, 2), 2, sampling=SamplingConfig(seed=1))
+    assert all(n.start < 32 for t in cont.tracks for n in t.notes)
 
 
 def test_add_track_over_more_bars_than_the_window(sess):

@@ -112,6 +112,27 @@ def test_empty_pitch_mask_still_ends_the_bar():
     assert np.flatnonzero(g.mask()).tolist() == [BAR_END]
 
 
+def test_a_bar_that_must_play_cannot_end_empty():
+    rng = np.random.default_rng(5)
+    g = BarGrammar(V, max_tokens=10_000)
+    for _ in range(100):
+        g.reset()
+        g.must_play = True
+        assert not g.mask()[BAR_END]
+        out = []
+        while not g.done:
+            legal = np.flatnonzero(g.mask())
+            tok = BAR_END if BAR_END in legal else int(rng.choice(legal))
+            out.append(tok)
+            g.advance(tok)
+        assert any(NOTE_ON0 <= t < NOTE_ON0 + 128 for t in out)
+    g.reset()
+    assert g.mask()[BAR_END], "reset clears must_play"
+    g = BarGrammar(V, allowed_on=np.zeros(128, bool))
+    g.must_play = True
+    assert np.flatnonzero(g.mask()).tolist() == [BAR_END]  # nothing may play: still ends
+
+
 def test_check_bar_rejects_illegal_bars():
     on, off, dt = NOTE_ON0, NOTE_OFF0, TIME_DELTA0
     check_bar([on + 60, dt + 4, off + 60, BAR_END], V)
