@@ -71,27 +71,60 @@ LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM,
 OUT OF OR IN CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE
 SOFTWARE."""
 
-#: The band model's data (docs/band.md): every licence's notice, as each requires.
-BAND_ATTRIBUTION = (
-    "Trained on three collections (the model weights are a derivative of them):\n\n"
+_FREEDOOM_NOTE = (
     "- **Freedoom music** (https://github.com/freedoom/freedoom, the MIDI files of musics/ at "
     "commit d14dbbee and 212 older revisions from its history), BSD 3-clause licence; the "
     "composers of each piece are listed in the project's CREDITS-MUSIC. The Freedoom project's "
     "name does not endorse this model. The notice and licence, as they require:\n\n"
     + "\n".join("    " + ln if ln else "" for ln in _FREEDOOM_BSD.splitlines())
-    + "\n\n- **Groove MIDI Dataset** v1.0.0 (drummers 1, 2, 3, 4, 6, 7), Magenta, Google: Jon "
+    + "\n"
+)
+_GROOVE_NOTE = (
+    "- **Groove MIDI Dataset** v1.0.0 (drummers 1, 2, 3, 4, 6, 7), Magenta, Google: Jon "
     "Gillick, Adam Roberts, Jesse Engel, Douglas Eck, David Bamman, \"Learning to Groove with "
     "Inverse Sequence Transformations\", ICML 2019 "
     "(https://magenta.tensorflow.org/datasets/groove); Creative Commons Attribution 4.0 "
     "International (CC BY 4.0, https://creativecommons.org/licenses/by/4.0/).\n"
+)
+_POP909_NOTE = (
     "- **POP909** songs 001-300 (Wang et al., ISMIR 2020; "
     "https://github.com/music-x-lab/POP909-Dataset), MIT licence:\n\n"
     + "\n".join("    " + ln if ln else "" for ln in _POP909_MIT.splitlines())
-    + "\n\n"
-    "Changes made: the MIDI files were converted to mmmtrack tokens in 4-bar windows (tracks "
-    "labelled DRUMS or by General MIDI family), pitched parts of the training windows transposed "
-    "by -5..+6 semitones (drums never), and the pieces in bench/holdout/band.txt left out."
+    + "\n"
 )
+#: Which notice a prepared source folder needs, by the folder name bandmate prepare recorded.
+_BAND_SOURCES = {"current": _FREEDOOM_NOTE, "history": _FREEDOOM_NOTE, "freedoom": _FREEDOOM_NOTE,
+                 "groove-dev": _GROOVE_NOTE, "pop909-300": _POP909_NOTE}
+_NUMBERS = {1: "one collection", 2: "two collections", 3: "three collections"}
+
+
+def band_attribution(sources: list[str] | None = None) -> str:
+    """The band data's notices, for the collections the model was really prepared from (the
+    manifest's source folders): a card must not credit data the model never saw, nor miss one
+    it did. None or unknown names: all three, the safe side."""
+    names = [Path(s).name for s in (sources or [])]
+    notes: list[str] = []
+    for n in names:
+        note = _BAND_SOURCES.get(n)
+        if note is None:
+            notes = []
+            break
+        if note not in notes:
+            notes.append(note)
+    if not notes:
+        notes = [_FREEDOOM_NOTE, _GROOVE_NOTE, _POP909_NOTE]
+    head = f"Trained on {_NUMBERS.get(len(notes), f'{len(notes)} collections')}"
+    return (
+        head + " (the model weights are a derivative of them):\n\n" + "".join(notes) + "\n"
+        "Changes made: the MIDI files were converted to mmmtrack tokens in 4-bar windows "
+        "(tracks labelled DRUMS or by General MIDI family), pitched parts of the training windows "
+        "transposed by -5..+6 semitones (drums never), and the pieces in bench/holdout/band.txt "
+        "left out."
+    )
+
+
+#: The band model's data (docs/band.md) when its sources are not known: every notice.
+BAND_ATTRIBUTION = band_attribution()
 
 
 def _f(x: float | None, nd: int = 4) -> str:
@@ -250,12 +283,22 @@ _LIMITS_CHORALE = [
     "- Small and briefly trained (a CPU budget of about an hour); a model trained with",
     "  `--preset seed` on a GPU will be much better (docs/training.md).",
 ]
-_LIMITS_BAND = [
-    "- Little data: about 330 game-music pieces with bass and drums (Freedoom), drum-only",
-    "  grooves and piano-only pop songs; styles far from rock, metal and ambient game music are",
-    "  out of its range. It knows instrument families, not single programs.",
-    "- Small and briefly trained on a CPU; see the quality figures above (bench/quality_band.py).",
-]
+def _limits_band(meta: dict) -> list[str]:
+    """What the data gives the model, said from the collections it was prepared from."""
+    names = {Path(s).name for s in _sources(meta)}
+    what = ["about 330 game-music pieces with bass and drums (Freedoom)"]
+    if not names or "groove-dev" in names:
+        what.append("drum-only grooves")
+    if not names or "pop909-300" in names:
+        what.append("piano-only pop songs")
+    listed = ", ".join(what[:-1]) + " and " + what[-1] if len(what) > 1 else what[0]
+    return [
+        f"- Little data: {listed};",
+        "  styles far from rock, metal and ambient game music are out of its range. It knows",
+        "  instrument families, not single programs.",
+        "- Small and briefly trained on a CPU; see the quality figures above",
+        "  (bench/quality_band.py).",
+    ]
 
 
 def render(
@@ -371,7 +414,7 @@ def render(
         "",
         "## Limits",
         "",
-        *(_LIMITS_BAND if band else _LIMITS_CHORALE),
+        *(_limits_band(meta) if band else _LIMITS_CHORALE),
         "",
     ]
     return "\n".join(lines)
@@ -379,8 +422,13 @@ def render(
 
 def default_attribution(meta: dict) -> str:
     """The data notice of a model: the band data's for gm-family labels, else the chorales'."""
-    band = meta["codec"].get("label_scheme") == "gm-family"
-    return BAND_ATTRIBUTION if band else JSF_ATTRIBUTION
+    if meta["codec"].get("label_scheme") != "gm-family":
+        return JSF_ATTRIBUTION
+    return band_attribution(_sources(meta))
+
+
+def _sources(meta: dict) -> list[str]:
+    return meta.get("training", {}).get("manifest", {}).get("config", {}).get("sources") or []
 
 
 def write_model_card(

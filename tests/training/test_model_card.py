@@ -32,3 +32,16 @@ def test_chorale_card_unchanged():
     assert default_attribution(meta) is JSF_ATTRIBUTION
     text = render(meta, {}, {}, {}, {"model.int8.onnx": 1}, "cmd", JSF_ATTRIBUTION)
     assert "the bandmate chorale model" in text and "SOPRANO, ALTO, TENOR, BASS" in text
+
+
+def test_band_card_credits_only_the_collections_it_was_prepared_from():
+    meta = _meta("gm-family")
+    meta["training"] = {"manifest": {"config": {
+        "sources": ["../shared/data/freedoom/current", "../shared/data/freedoom/history",
+                    "../shared/data/groove-dev"]}}}  # fmt: skip
+    text = render(meta, {}, {}, {}, {"model.int8.onnx": 1}, "cmd", default_attribution(meta))
+    assert "Trained on two collections" in text
+    assert "Contributors to the Freedoom project" in text and "CC BY 4.0" in text
+    assert "POP909" not in text and "Music X Lab" not in text and "pop songs" not in text
+    meta["training"]["manifest"]["config"]["sources"].append("/elsewhere/my-midi")
+    assert "Music X Lab" in default_attribution(meta)  # an unknown source: every notice
