@@ -88,3 +88,30 @@ def test_add_track_by_instrument_name(shipped, band_model_dir, sess, tmp_path):
     got = read_midi(out)
     assert got.tracks[-1].program == 33 and len(got.tracks) == 3
     assert main([*argv, "--add-track", "drums"]) == 0
+
+
+def test_the_shipped_band_model_plays_bass_and_drums():
+    """The real models/band (no fixture): installed by name, held-out pieces verified left out
+    of its data, its card crediting the data, and it adds an audible bass and drums."""
+    assert "band" in registry.installed()
+    folder = registry.shipped_dir("band")
+    card = (folder / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert "Contributors to the Freedoom project" in card and "CC BY 4.0" in card
+    band = ModelSession.load("band")
+    assert band.config.label_scheme == "gm-family"
+    holdout = Path(__file__).resolve().parents[2] / "bench/holdout/band.txt"
+    held = {ln.split()[0] for ln in holdout.read_text().splitlines() if ln and ln[0] != "#"}
+    assert len(held) == 47
+    assert held <= set(band.meta["training"]["manifest"]["config"]["exclude"])
+    drums = Track("DRUMS", tuple(Note(s, 36 if s % 8 == 0 else 38, s + 1)
+                                 for s in range(0, 64, 4)), 0, DRUM_CHANNEL)  # fmt: skip
+    chords = [(48, 52, 55), (45, 48, 52), (41, 45, 48), (43, 47, 50)]  # C Am F G, a bar each
+    gtr = Track("24", tuple(Note(b * 16 + k, p, b * 16 + k + 4)
+                            for b, ch in enumerate(chords) for k in (0, 4, 8, 12) for p in ch),
+                29, 0, "Guitar")  # fmt: skip
+    piece = Piece((drums, gtr), 4, 120.0)
+    sampling = G.SamplingConfig(seed=0)
+    bass = G.add_track(band, piece, "bass", sampling=sampling).tracks[-1]
+    assert bass.notes and all(24 <= n.pitch <= 64 for n in bass.notes)
+    kit = G.add_track(band, Piece((gtr,), 4, 120.0), "drums", sampling=sampling).tracks[-1]
+    assert kit.channel == DRUM_CHANNEL and kit.notes
