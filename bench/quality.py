@@ -23,7 +23,8 @@ never on the held-out files. Prints one JSON line last.
 
 A General MIDI band model (codec label_scheme "gm-family", e.g. `--model band`) is measured on
 its own tasks and held-out pieces instead (add bass, add drums, continue; bench/holdout/band.txt):
-see bench/quality_band.py; `--n` then counts 4-bar windows (default 40).
+see bench/quality_band.py; `--n` then counts 4-bar windows (default 40), and `--files tune` /
+`--sweep` use the band tuning pieces (the Freedoom pieces of prepare's validation split).
 """
 
 from __future__ import annotations
@@ -292,7 +293,7 @@ def _band(model: Path, args: argparse.Namespace) -> int:
               "be a fair test. Pass --allow-unverified to see them anyway.", file=sys.stderr)
         return 2
     n = 40 if args.n == 60 else args.n  # --n counts held-out windows here (default 40)
-    res = QB.band_quality(model, n, args.seed, temperature=args.temperature, top_p=args.top_p)
+    res = QB.run_cli(model, n, args.seed, args.files, args.sweep, args.temperature, args.top_p)
     print(json.dumps(res))
     return 0
 

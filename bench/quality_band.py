@@ -22,6 +22,9 @@ decoder had to repair in every token window the engine wrote (0 under the gramma
 
 Usage: python bench/quality.py --model band (bench/quality.py hands a gm-family model to
 this module), or python bench/quality_band.py --model band --n 40 --seed 0 [--out FILE].
+``--files tune`` reads the tuning pieces instead: the Freedoom pieces `bandmate prepare
+--split-by piece` put in the validation split (not trained on, not held out); ``--sweep``
+scores a temperature x top-p grid there (`sweep_score`), never on the held-out pieces.
 It runs against any model folder; the JSON figures are on the last line, with
 ``holdout_verified`` (the model's manifest excluded every held-out file) and the goals.
 """
@@ -72,6 +75,53 @@ def holdout_files(holdout: Path = HOLDOUT, data: Path = DATA) -> list[Path]:
             out.append(data / words[1])
             take = not by_piece
     return out
+
+
+def tune_files(data: Path = DATA, holdout: Path = HOLDOUT, val_fraction: float = 0.05
+               ) -> list[Path]:
+    """One file per tuning piece: a piece `bandmate prepare --split-by piece` sends to the
+    validation split (the same hash of the same piece key), none of whose files is held out;
+    the current/ file when the piece has one. Sampling is tuned here, never on the held-out
+    pieces."""
+    import hashlib
+
+    from bandmate.training.prepare import content_split, piece_key
+
+    held = holdout_digests(holdout)
+    by_piece: dict[str, list[Path]] = {}
+    for f in sorted((data / "current").glob("*.mid")) + sorted((data / "history").glob("*.mid")):
+        key = piece_key(str(f.relative_to(data)))
+        split = content_split(hashlib.blake2b(key.encode(), digest_size=16).digest(), val_fraction)
+        if split == "val":
+            by_piece.setdefault(key, []).append(f)
+    out = []
+    for files in by_piece.values():
+        digests = {hashlib.blake2b(f.read_bytes(), digest_size=16).hexdigest() for f in files}
+        if not digests & held:
+            out.append(files[0])
+    return out
+
+
+def sweep_score(res: dict) -> float:
+    """One number for a sampling setting: the mean of the model/own ratios of bass chord
+    tones, kick on 1, backbeat and continuation in key (each capped at 1: beating the real
+    part is no goal), less what continuation copies beyond own + 0.15 (a low temperature
+    repeats the prompt) and the share of failed calls."""
+    def ratio(task: str, key: str) -> float:
+        m, o = res[task]["model"].get(key), res[task]["own"].get(key)
+        return min(m / o, 1.0) if m is not None and o else 0.0
+
+    tasks = ("bass", "drums", "continue")
+    parts = [ratio("bass", "chord_tones"), ratio("drums", "kick_on_1"),
+             ratio("drums", "backbeat"), ratio("continue", "in_key")]  # fmt: skip
+    cm, co = res["continue"]["model"].get("copying"), res["continue"]["own"].get("copying")
+    copy_pen = max(0.0, cm - co - 0.15) if cm is not None and co is not None else 0.0
+    fail = sum(1.0 - (res[t]["model"].get("success") or 0.0) for t in tasks) / len(tasks)
+    return round(sum(parts) / len(parts) - copy_pen - fail, 4)
+
+
+#: The grid ``--sweep`` scores on the tuning pieces.
+SWEEP = [(t, p) for t in (0.4, 0.5, 0.6, 0.8) for p in (0.9, 1.0)]
 
 
 def holdout_digests(holdout: Path = HOLDOUT) -> set[str]:
@@ -304,10 +354,12 @@ def band_quality(
     data: Path = DATA,
     temperature: float | None = None,
     top_p: float | None = None,
+    files: Sequence[Path] | None = None,
 ) -> dict:
     """The figures of the module docstring for ``n`` held-out windows (model_dir: a folder or
     a shipped model's name; None = the default model). Sampling: the CLI's and the app's
-    defaults unless ``temperature`` / ``top_p`` are given."""
+    defaults unless ``temperature`` / ``top_p`` are given. ``files``: other pieces than the
+    held-out ones (`tune_files`)."""
     from bandmate.models import generate as G
     from bandmate.models.sampler import SamplingConfig
     from bandmate.models.session import ModelSession
@@ -318,7 +370,8 @@ def band_quality(
                    top_p=base.top_p if top_p is None else top_p)
     session = ModelSession.load(model_dir)
     config = replace(session.config, meter="strict")
-    files = holdout_files(holdout, data)
+    which = "holdout" if files is None else "given"
+    files = holdout_files(holdout, data) if files is None else list(files)
     windows = pick_windows(files, config, n, seed)
     rng = np.random.default_rng(seed)
     tally = _Tally()
@@ -430,6 +483,7 @@ def band_quality(
         "model_dir": str(session.path),
         "label_scheme": session.config.label_scheme,
         "holdout_verified": verify_holdout(session.meta, holdout),
+        "files": which,
         "windows": len(windows),
         "pieces": len({w[0] for w in windows}),
         "seed": seed,
@@ -446,6 +500,37 @@ def band_quality(
     return res
 
 
+def run_cli(model, n: int, seed: int, which: str = "holdout", sweep: bool = False,
+            temperature: float | None = None, top_p: float | None = None,
+            holdout: Path = HOLDOUT, data: Path = DATA) -> dict:
+    """What the command line asks for: the figures on the held-out or the tuning pieces, or
+    (``sweep``) the grid on the tuning pieces with its best setting. Prints each sweep row
+    as it is done (a sweep takes minutes)."""
+    files = tune_files(data, holdout) if which == "tune" or sweep else None
+    if not sweep:
+        res = band_quality(model, n, seed, holdout, data, temperature, top_p, files)
+        res["files"] = which
+        return res
+    rows = []
+    for t, p in SWEEP:
+        r = band_quality(model, n, seed, holdout, data, t, p, files)
+        row = {"temperature": t, "top_p": p, "score": sweep_score(r),
+               "bass": r["bass"]["model"]["chord_tones"],
+               "kick_on_1": r["drums"]["model"]["kick_on_1"],
+               "backbeat": r["drums"]["model"]["backbeat"],
+               "in_key": r["continue"]["model"]["in_key"],
+               "copying": r["continue"]["model"]["copying"]}  # fmt: skip
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return {"model": r["model"], "files": "tune", "windows": r["windows"], "pieces": r["pieces"],
+            "own": {"bass": r["bass"]["own"]["chord_tones"],
+                    "kick_on_1": r["drums"]["own"]["kick_on_1"],
+                    "backbeat": r["drums"]["own"]["backbeat"],
+                    "in_key": r["continue"]["own"]["in_key"],
+                    "copying": r["continue"]["own"]["copying"]},
+            "seed": seed, "sweep": rows, "best": max(rows, key=lambda x: x["score"])}  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="band", help="a shipped model's name or a model folder")
@@ -455,13 +540,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--top-p", type=float, default=None, help="default: the CLI's")
     ap.add_argument("--holdout", type=Path, default=HOLDOUT)
     ap.add_argument("--data", type=Path, default=DATA, help="the Freedoom folder")
+    ap.add_argument("--files", choices=("holdout", "tune"), default="holdout",
+                    help="tune: the validation split's pieces (see the module docstring)")
+    ap.add_argument("--sweep", action="store_true", help="temperature x top-p grid (tune set)")
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     try:
-        res = band_quality(args.model, args.n, args.seed, args.holdout, args.data,
-                           args.temperature, args.top_p)  # fmt: skip
+        res = run_cli(args.model, args.n, args.seed, args.files, args.sweep, args.temperature,
+                      args.top_p, args.holdout, args.data)  # fmt: skip
     except (OSError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

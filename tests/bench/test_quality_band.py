@@ -93,3 +93,33 @@ def test_metrics_by_hand():
     cmaj = [Track("0", tuple(Note(i * 2, p, i * 2 + 2) for i, p in enumerate(
         [60, 62, 64, 65, 67, 69, 71, 72, 60, 64, 67])), 0, 0)]  # fmt: skip
     assert qb.estimate_key(cmaj) == (0, "major")
+
+
+def test_tuning_pieces_are_the_validation_split_and_never_held_out(band_model_dir, tmp_path):
+    """--files tune: pieces prepare's --split-by piece sends to validation (by the piece key's
+    hash), one file each, never a held-out one; --sweep scores the grid there."""
+    from bandmate.training.prepare import content_split, piece_key
+
+    qb = _bench()
+    data = tmp_path / "freedoom"
+    (data / "current").mkdir(parents=True)
+    (data / "history").mkdir()
+    names = [f"d_map{i:02d}" for i in range(60)]
+    val = [n for n in names if content_split(
+        hashlib.blake2b(piece_key(n + ".mid").encode(), digest_size=16).digest(), 0.05) == "val"]
+    assert len(val) >= 2
+    for i, n in enumerate(names):
+        write_midi(_band(8 + i), data / "current" / f"{n}.mid")  # each file its own content
+    write_midi(_band(7), data / "history" / f"0123456789_{val[0]}.mid")  # a revision
+    held = data / "current" / f"{val[1]}.mid"
+    digest = hashlib.blake2b(held.read_bytes(), digest_size=16).hexdigest()
+    holdout = tmp_path / "band.txt"
+    holdout.write_text(f"# piece x\n{digest}  current/{held.name}\n")
+    got = qb.tune_files(data, holdout)
+    # one file per validation piece (the current/ one before its revision), the held-out
+    # piece left out.
+    assert got == [data / "current" / f"{n}.mid" for n in val if n != val[1]]
+    res = qb.run_cli(band_model_dir, 1, 0, "tune", True, holdout=holdout, data=data)
+    assert res["files"] == "tune" and len(res["sweep"]) == len(qb.SWEEP)
+    assert res["best"] in res["sweep"]
+    assert all(isinstance(r["score"], float) for r in res["sweep"])
