@@ -210,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--top-p", type=float, default=None, help="default: the CLI's")
     ap.add_argument("--files", choices=("holdout", "tune"), default="holdout")
     ap.add_argument("--sweep", action="store_true", help="temperature x top-p grid (tune set)")
+    ap.add_argument("--write-default", action="store_true",
+                    help="band models, with --sweep: record the best setting in the model "
+                    "folder as its own sampling defaults")
     ap.add_argument("--no-gain", action="store_true", help="skip the context-gain scoring")
     ap.add_argument(
         "--allow-unverified",
@@ -220,7 +223,6 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from bandmate.models.registry import resolve_model
-    from bandmate.models.sampler import SamplingConfig
     from bandmate.models.session import ModelSession, default_model_dir
 
     model = resolve_model(args.model) or default_model_dir()  # a shipped name or a folder
@@ -240,13 +242,14 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    config = ModelSession.load(model).config
+    session = ModelSession.load(model)
+    config = session.config
     if args.files == "tune" or args.sweep:
         paths = tune_list(args.n)
     else:
         paths = [JSF / rel for _, rel in holdout_list()][: args.n]
     pieces = load_pieces(paths, config)
-    base = SamplingConfig()  # the defaults the CLI and the app use
+    base = session.default_sampling()  # the defaults the CLI and the app use
     sampling = replace(
         base,
         temperature=base.temperature if args.temperature is None else args.temperature,
@@ -293,7 +296,8 @@ def _band(model: Path, args: argparse.Namespace) -> int:
               "be a fair test. Pass --allow-unverified to see them anyway.", file=sys.stderr)
         return 2
     n = 40 if args.n == 60 else args.n  # --n counts held-out windows here (default 40)
-    res = QB.run_cli(model, n, args.seed, args.files, args.sweep, args.temperature, args.top_p)
+    res = QB.run_cli(model, n, args.seed, args.files, args.sweep, args.temperature, args.top_p,
+                     write=args.write_default)
     print(json.dumps(res))
     return 0
 

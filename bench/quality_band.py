@@ -24,7 +24,8 @@ Usage: python bench/quality.py --model band (bench/quality.py hands a gm-family 
 this module), or python bench/quality_band.py --model band --n 40 --seed 0 [--out FILE].
 ``--files tune`` reads the tuning pieces instead: the Freedoom pieces `bandmate prepare
 --split-by piece` put in the validation split (not trained on, not held out); ``--sweep``
-scores a temperature x top-p grid there (`sweep_score`), never on the held-out pieces.
+scores a temperature x top-p grid there (`sweep_score`), never on the held-out pieces, and
+``--write-default`` records its best as the model's own sampling defaults.
 It runs against any model folder; the JSON figures are on the last line, with
 ``holdout_verified`` (the model's manifest excluded every held-out file) and the goals.
 """
@@ -357,18 +358,17 @@ def band_quality(
     files: Sequence[Path] | None = None,
 ) -> dict:
     """The figures of the module docstring for ``n`` held-out windows (model_dir: a folder or
-    a shipped model's name; None = the default model). Sampling: the CLI's and the app's
-    defaults unless ``temperature`` / ``top_p`` are given. ``files``: other pieces than the
-    held-out ones (`tune_files`)."""
+    a shipped model's name; None = the default model). Sampling: the model's defaults (as
+    the CLI and the app use them) unless ``temperature`` / ``top_p`` are given. ``files``:
+    other pieces than the held-out ones (`tune_files`)."""
     from bandmate.models import generate as G
-    from bandmate.models.sampler import SamplingConfig
     from bandmate.models.session import ModelSession
 
     t0 = time.perf_counter()
-    base = SamplingConfig()
+    session = ModelSession.load(model_dir)
+    base = session.default_sampling()  # the model's own defaults, as the CLI and app use
     base = replace(base, temperature=base.temperature if temperature is None else temperature,
                    top_p=base.top_p if top_p is None else top_p)
-    session = ModelSession.load(model_dir)
     config = replace(session.config, meter="strict")
     which = "holdout" if files is None else "given"
     files = holdout_files(holdout, data) if files is None else list(files)
@@ -500,12 +500,38 @@ def band_quality(
     return res
 
 
+def write_default(model, best: dict, res: dict) -> Path:
+    """Record the sweep's best setting as the model's own sampling defaults (bandmate.json
+    ``sampling``, read by `ModelSession.default_sampling`: the CLI, jam, the app and this
+    benchmark then play it so), with how it was picked. Written whole or not at all."""
+    import os
+    import tempfile
+
+    from bandmate.models.model_folder import META_NAME
+    from bandmate.models.registry import resolve_model
+
+    path = Path(resolve_model(model)) / META_NAME
+    meta = json.loads(path.read_text(encoding="utf-8"))
+    meta["sampling"] = {
+        "temperature": best["temperature"],
+        "top_p": best["top_p"],
+        "picked_by": f"bench/quality_band.py --sweep: best sweep_score ({best['score']}) of "
+                     f"{len(res['sweep'])} settings on {res['windows']} windows of "
+                     f"{res['pieces']} tuning pieces (seed {res['seed']}), not the held-out ones",
+    }  # fmt: skip
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".bandmate.json.")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(json.dumps(meta, indent=1) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
 def run_cli(model, n: int, seed: int, which: str = "holdout", sweep: bool = False,
             temperature: float | None = None, top_p: float | None = None,
-            holdout: Path = HOLDOUT, data: Path = DATA) -> dict:
+            holdout: Path = HOLDOUT, data: Path = DATA, write: bool = False) -> dict:
     """What the command line asks for: the figures on the held-out or the tuning pieces, or
-    (``sweep``) the grid on the tuning pieces with its best setting. Prints each sweep row
-    as it is done (a sweep takes minutes)."""
+    (``sweep``) the grid on the tuning pieces with its best setting, which ``write`` records
+    in the model folder (`write_default`). Prints each sweep row as it is done (minutes)."""
     files = tune_files(data, holdout) if which == "tune" or sweep else None
     if not sweep:
         res = band_quality(model, n, seed, holdout, data, temperature, top_p, files)
@@ -522,13 +548,16 @@ def run_cli(model, n: int, seed: int, which: str = "holdout", sweep: bool = Fals
                "copying": r["continue"]["model"]["copying"]}  # fmt: skip
         print(json.dumps(row), flush=True)
         rows.append(row)
-    return {"model": r["model"], "files": "tune", "windows": r["windows"], "pieces": r["pieces"],
+    out = {"model": r["model"], "files": "tune", "windows": r["windows"], "pieces": r["pieces"],
             "own": {"bass": r["bass"]["own"]["chord_tones"],
                     "kick_on_1": r["drums"]["own"]["kick_on_1"],
                     "backbeat": r["drums"]["own"]["backbeat"],
                     "in_key": r["continue"]["own"]["in_key"],
                     "copying": r["continue"]["own"]["copying"]},
             "seed": seed, "sweep": rows, "best": max(rows, key=lambda x: x["score"])}  # fmt: skip
+    if write:
+        out["written"] = str(write_default(model, out["best"], out))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -543,13 +572,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--files", choices=("holdout", "tune"), default="holdout",
                     help="tune: the validation split's pieces (see the module docstring)")
     ap.add_argument("--sweep", action="store_true", help="temperature x top-p grid (tune set)")
+    ap.add_argument("--write-default", action="store_true",
+                    help="with --sweep: record the best setting as the model's own sampling "
+                    "defaults (its bandmate.json 'sampling')")
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     try:
+        if args.write_default and not args.sweep:
+            raise ValueError("--write-default needs --sweep (it records the sweep's best)")
         res = run_cli(args.model, args.n, args.seed, args.files, args.sweep, args.temperature,
-                      args.top_p, args.holdout, args.data)  # fmt: skip
+                      args.top_p, args.holdout, args.data, args.write_default)  # fmt: skip
     except (OSError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

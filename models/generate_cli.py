@@ -89,12 +89,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--density", type=int, default=None, help="with --add-track: 0..bins-1")
     parser.add_argument(
-        "--temperature", type=float, default=DEFAULT_TEMPERATURE,
-        help="lower = safer, higher = more adventurous (default: measured, docs/generation.md)",
+        "--temperature", type=float, default=None,
+        help="lower = safer, higher = more adventurous (default: the model's own, measured on "
+        f"its tuning pieces, else {DEFAULT_TEMPERATURE}; docs/generation.md)",
     )
     parser.add_argument(
-        "--top-p", type=float, default=DEFAULT_TOP_P,
-        help="sample from the most likely tokens of mass P (default: measured)",
+        "--top-p", type=float, default=None,
+        help=f"sample from the most likely tokens of mass P (default: the model's, else "
+        f"{DEFAULT_TOP_P})",
     )
     parser.add_argument("--top-k", type=int, default=0, help="only the K most likely (0 = off)")
     parser.add_argument("--seed", type=int, default=None, help="same seed, same notes")
@@ -213,15 +215,13 @@ def _run(args: argparse.Namespace) -> int:
         check_can_infill(meta, model_name)
     if args.density is not None and meta and not meta.get("codec", {}).get("density_bins"):
         raise ValueError(f"model {model_name} has no note-density setting: leave out --density")
-    sampling = SamplingConfig(
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        seed=args.seed,
-        pitch_range=args.pitch_range,
-        scale=args.scale,
-    )
+    given = {k: v for k, v in (("temperature", args.temperature), ("top_p", args.top_p))
+             if v is not None}  # fmt: skip
+    opts = {"top_k": args.top_k, "seed": args.seed, "pitch_range": args.pitch_range,
+            "scale": args.scale, **given}  # fmt: skip
+    SamplingConfig(**opts)  # a bad option fails here, before the model loads
     session = ModelSession.load(args.model, precision=args.precision)
+    sampling = session.default_sampling(**opts)
     config = session.config if args.meter is None else replace(session.config, meter=args.meter)
     src = open_source(data, config, args.input.name)
     n_sec = len(src.sections)
@@ -266,11 +266,13 @@ def _run(args: argparse.Namespace) -> int:
     else:
         where = f"; bars {kw['bars']} of track {kw['track']} rewritten as a new track"
     log.info(
-        "%s: prompt = bars %s of %s (4/4, %d track(s)); left alone: %s%s; model %s (%s)",
+        "%s: prompt = bars %s of %s (4/4, %d track(s)); left alone: %s%s; model %s (%s); "
+        "temperature %g, top-p %g%s",
         task, bar_ranges([src.section_bars(k) for k in used]), args.input.name,
         len(runs[0].piece.tracks),
         f"bars {bar_ranges(alone)}, kept as they are" if alone else "nothing",
-        where, session.name, session.provider,
+        where, session.name, session.provider, sampling.temperature, sampling.top_p,
+        " (the model's own defaults)" if session.description.sampling and not given else "",
     )  # fmt: skip
     interrupted, done_bars = _generate(session, task, runs, sampling, args.variations)
     if interrupted and not any(r.notes for r in runs):

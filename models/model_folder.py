@@ -146,6 +146,10 @@ class ModelDescription:
     unigram_val_loss: float = float("nan")
     extra: Mapping[str, Any] = field(default_factory=dict)  # other keys, kept as they were
     version: int = VERSION
+    #: The model's own sampling defaults ({"temperature", "top_p", "picked_by"}), when a sweep
+    #: on its tuning pieces picked them (bench/quality.py --sweep --write-default); empty:
+    #: the project's defaults (sampler.DEFAULT_*).
+    sampling: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "onnx", MappingProxyType(dict(self.onnx)))
@@ -158,6 +162,14 @@ class ModelDescription:
                 f"bandmate.json key 'model.vocab_size' ({self.model.vocab_size}) != the codec's "
                 f"vocabulary ({self.codec.vocab.size})"
             )
+        object.__setattr__(self, "sampling", MappingProxyType(dict(self.sampling)))
+        t, p = self.sampling.get("temperature"), self.sampling.get("top_p")
+        if t is not None and not (isinstance(t, int | float) and 0.1 <= t <= 2.0):
+            raise ModelFolderError(f"bandmate.json key 'sampling.temperature' must be 0.1..2.0, "
+                                   f"got {t!r}")
+        if p is not None and not (isinstance(p, int | float) and 0.0 < p <= 1.0):
+            raise ModelFolderError(f"bandmate.json key 'sampling.top_p' must be in (0, 1], "
+                                   f"got {p!r}")
         unknown = [lab for lab in self.labels_seen if lab not in self.codec.labels]
         if unknown:
             raise ModelFolderError(
@@ -190,6 +202,7 @@ class ModelDescription:
             "val_loss": self.val_loss,
             "unigram_val_loss": self.unigram_val_loss,
             **self.extra,
+            **({"sampling": dict(self.sampling)} if self.sampling else {}),
         }
 
     @classmethod
@@ -221,7 +234,7 @@ class ModelDescription:
         if not all(isinstance(x, str) for x in labels):
             raise ModelFolderError("bandmate.json key 'labels_seen' must be a list of labels")
         known = {"format", "version", "name", "codec", "labels_seen", "model", "onnx", "fills",
-                 "training", "val_loss", "unigram_val_loss"}
+                 "training", "val_loss", "unigram_val_loss", "sampling"}
         return cls(
             name=_opt(d, "name", str, "") or default_name,
             codec=codec,
@@ -234,6 +247,7 @@ class ModelDescription:
             unigram_val_loss=float(_opt(d, "unigram_val_loss", (int, float), math.nan)),
             extra={k: v for k, v in d.items() if k not in known},
             version=version,
+            sampling=_opt(d, "sampling", dict, {}),
         )
 
     @classmethod

@@ -42,6 +42,7 @@ from bandmate.models.model_folder import (
     ModelFolderError,
     graph_io_names,
 )
+from bandmate.models.sampler import SamplingConfig
 from bandmate.models.vocab import Vocab
 
 log = logging.getLogger(__name__)
@@ -137,6 +138,15 @@ class ModelSession:
     @property
     def fills(self) -> bool:
         return self.description.fills
+
+    def default_sampling(self, **changes: Any) -> SamplingConfig:
+        """How this model samples unless the user says otherwise: its own defaults when a
+        sweep on its tuning pieces picked them (bandmate.json ``sampling``), else the
+        project's; ``changes`` (e.g. seed) on top. The CLI, jam, the app and the benchmarks
+        all start here, so a model plays the same everywhere."""
+        own = {k: float(v) for k, v in self.description.sampling.items()
+               if k in ("temperature", "top_p")}  # fmt: skip
+        return SamplingConfig(**{**own, **changes})
 
     @property
     def bars(self) -> int:

@@ -90,14 +90,19 @@ class Engine(NamedTuple):
 
     stream_continue: StreamFn
     stream_add_track: StreamFn
-    sampling: Callable[..., Any]
+    sampling: Callable[..., Any]  # (session, temperature=, seed=) -> the sampling config
+
+
+def _model_sampling(session: ModelSession, **changes: Any) -> Any:
+    """The model's own sampling defaults (its top-p) with the click's temperature and seed."""
+    return session.default_sampling(**changes)
 
 
 def default_engine() -> Engine:
     """bandmate.models.generate, imported only when a job first runs."""
     from bandmate.models import generate
 
-    return Engine(generate.stream_continue, generate.stream_add_track, generate.SamplingConfig)
+    return Engine(generate.stream_continue, generate.stream_add_track, _model_sampling)
 
 
 def bars_per_take(prompt: Piece, spec: JobSpec) -> int:
@@ -129,7 +134,7 @@ def run_job(
         if cancel.is_set():
             break
         seed = None if spec.seed is None else spec.seed + take
-        sampling = make_sampling(temperature=spec.temperature, seed=seed)
+        sampling = make_sampling(session, temperature=spec.temperature, seed=seed)
         if spec.kind == "continue":
             events = stream_continue(session, prompt, spec.bars, sampling=sampling, cancel=cancel)
         else:
@@ -204,7 +209,8 @@ class SpecGenerator:
         self.labels = session.labels_seen or tuple(session.config.labels)
 
     def _sampling(self) -> Any:
-        return self._eng.sampling(temperature=self.spec.temperature, seed=self.spec.seed)
+        return self._eng.sampling(self.session, temperature=self.spec.temperature,
+                                  seed=self.spec.seed)
 
     def continue_stream(self, piece: Piece, bars: int, cancel: threading.Event) -> Iterator[Any]:
         return self._eng.stream_continue(self.session, piece, bars, sampling=self._sampling(),

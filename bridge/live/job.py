@@ -47,17 +47,17 @@ class EngineGenerator:
 
         self._gen = generate
         self.session = session
-        self.sampling = sampling if sampling is not None else generate.SamplingConfig()
+        self.sampling = sampling if sampling is not None else session.default_sampling()
         self.density = density
         self.labels = session.add_labels or tuple(session.config.labels)
 
     @classmethod
     def load(cls, model: str | None = None, seed: int | None = None) -> EngineGenerator:
         """Load a model folder (None: the shipped model)."""
-        from bandmate.models import generate
         from bandmate.models.session import ModelSession
 
-        return cls(ModelSession.load(model), generate.SamplingConfig(seed=seed))
+        session = ModelSession.load(model)
+        return cls(session, session.default_sampling(seed=seed))
 
     def continue_stream(self, piece: Piece, bars: int, cancel: threading.Event) -> Iterator[Any]:
         return self._gen.stream_continue(self.session, piece, bars, sampling=self.sampling,

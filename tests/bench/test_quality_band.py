@@ -119,7 +119,20 @@ def test_tuning_pieces_are_the_validation_split_and_never_held_out(band_model_di
     # one file per validation piece (the current/ one before its revision), the held-out
     # piece left out.
     assert got == [data / "current" / f"{n}.mid" for n in val if n != val[1]]
-    res = qb.run_cli(band_model_dir, 1, 0, "tune", True, holdout=holdout, data=data)
+    import shutil
+
+    from bandmate.models.session import ModelSession
+
+    model = shutil.copytree(band_model_dir, tmp_path / "model")
+    assert ModelSession.load(model).default_sampling().temperature == 0.6  # project default
+    res = qb.run_cli(model, 1, 0, "tune", True, holdout=holdout, data=data, write=True)
     assert res["files"] == "tune" and len(res["sweep"]) == len(qb.SWEEP)
     assert res["best"] in res["sweep"]
     assert all(isinstance(r["score"], float) for r in res["sweep"])
+    # --write-default: the best setting becomes the model's own default, with its provenance.
+    session = ModelSession.load(model)
+    got = session.default_sampling(seed=4)
+    assert (got.temperature, got.top_p, got.seed) == (res["best"]["temperature"],
+                                                      res["best"]["top_p"], 4)
+    assert "tuning pieces" in session.description.sampling["picked_by"]
+    assert session.default_sampling(temperature=1.0).temperature == 1.0  # the user's wins

@@ -50,6 +50,9 @@ def test_shipped_folder_reads_as_version_1_and_writes_back():
         (lambda d: d.update(labels_seen=["SOPRANO", "KAZOO"]), "labels_seen"),
         (lambda d: d["onnx"].update(fp32=3), "onnx.fp32"),
         (lambda d: d.update(fills="yes"), "fills"),
+        (lambda d: d.update(sampling=[0.4]), "sampling"),
+        (lambda d: d.update(sampling={"temperature": 0.0}), "sampling.temperature"),
+        (lambda d: d.update(sampling={"top_p": 1.5}), "sampling.top_p"),
     ],
 )
 def test_bad_keys_are_named(edit, key):

@@ -126,7 +126,7 @@ def _fake_engine(calls, block: threading.Event | None = None):
         yield BarDone(0)
         yield Done(piece, {})
 
-    return Engine(stream_continue, stream_add_track, lambda **kw: kw)
+    return Engine(stream_continue, stream_add_track, lambda session, **kw: kw)
 
 
 def test_run_job_reports_notes_progress_and_takes():
