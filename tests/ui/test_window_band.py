@@ -61,13 +61,42 @@ def test_the_model_picker_lists_shipped_models_and_remembers(qtbot, make_window,
     values = [box.itemData(i) for i in range(box.count())]
     assert "default" in values and box.currentData() == str(band_model_dir)
     assert box.currentText() == "folder: band"
+    w.gen.temp_spin.setValue(1.3)
     box.activated.emit(box.findData("default"))  # the user picks the chorale model
     qtbot.waitUntil(lambda: w.ctl.session is not None and w.ctl.label_scheme == "program"
                     and "BASS" in w.ctl.session.add_labels, timeout=60_000)
     assert box.currentData() == "default" and w.settings.model_dir == "default"
+    assert w.gen.temp_spin.value() == 0.6  # another model: its default temperature
     assert [w.gen.inst_box.itemText(i) for i in range(w.gen.inst_box.count())] == [
         "Soprano", "Alto", "Tenor", "Bass"]
     w.close()
     w2 = MainWindow(store=store, messages=MessageSink(show_boxes=False), autoload_model=False)
     qtbot.addWidget(w2)
     assert w2.settings.model_dir == "default" and w2.gen.model_box.currentData() == "default"
+    assert w2.gen.temp_spin.value() == 0.6
+
+
+def test_a_model_with_its_own_sampling_sets_the_temperature(qtbot, make_window, store,
+                                                            band_model_dir, tmp_path):
+    """A model folder whose bandmate.json carries its own sampling defaults (a sweep on its
+    tuning pieces picked them): choosing it sets the temperature box; reopening the app on
+    the same model keeps what the user set."""
+    import json
+    import shutil
+
+    own = shutil.copytree(band_model_dir, tmp_path / "tuned")
+    meta = json.loads((own / "bandmate.json").read_text())
+    meta["sampling"] = {"temperature": 0.45, "top_p": 0.9, "picked_by": "a test"}
+    (own / "bandmate.json").write_text(json.dumps(meta))
+    w = make_window(store, band_model_dir)
+    w.load_model(str(own))
+    qtbot.waitUntil(lambda: w.settings.model_dir == str(own), timeout=60_000)
+    assert abs(w.gen.temp_spin.value() - 0.45) < 1e-9
+    w.gen.temp_spin.setValue(0.8)
+    w.save_settings()
+    w.close()
+    w2 = MainWindow(store=store, messages=MessageSink(show_boxes=False))
+    qtbot.addWidget(w2)
+    qtbot.waitUntil(lambda: w2.ctl.session is not None, timeout=60_000)
+    assert w2.gen.temp_spin.value() == 0.8
+    assert w2.ctl.session.path.resolve() == own.resolve()
