@@ -16,6 +16,11 @@ scalars under RUN/tb, one JSON line per event in RUN/log.jsonl.
 Resuming: the data order is a pure function of (seed, epoch) and dropout is re-seeded from
 (seed, step, rank) every step, so a run killed at any point and resumed from its latest
 checkpoint computes the same steps as one that was never interrupted.
+
+This module is the loop; what a run is before its first step (config, schedule, precision,
+model) lives in `bandmate.training.train_setup`, and its checkpoints and the ranks'
+agreement on the run folder in `bandmate.training.train_checkpoint`. Their public names are
+re-exported here (``__all__``), the import path the CLI, tests and benchmarks use.
 """
 
 from __future__ import annotations
@@ -24,10 +29,9 @@ import contextlib
 import json
 import logging
 import math
-import os
 import signal
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -37,412 +41,59 @@ import torch.nn.functional as F
 from bandmate.models.config import CodecConfig
 from bandmate.training import data as D
 from bandmate.training.flops import flops_per_token, peak_tflops
-from bandmate.training.hf_folder import WEIGHTS, write_hf_files
-from bandmate.training.run_io import (
-    checkpoint_candidates,
-    checkpoint_dir,
-    checkpoint_step,
-    mark_latest,
-    read_json,
-    write_json,
+from bandmate.training.hf_folder import write_hf_files
+from bandmate.training.run_io import read_json, write_json
+from bandmate.training.train_checkpoint import (
+    RunFolderError,
+    apply_checkpoint,
+    check_run_visible,
+    decide_resume,
+    load_checkpoint,
+    model_weights,
+    read_checkpoint,
+    resume_state,
+    save_checkpoint,
+    save_final_model,
+    trim_log,
+)
+from bandmate.training.train_setup import (
+    ATTENTION,
+    PRECISIONS,
+    PRESETS,
+    Dist,
+    TrainConfig,
+    build_model,
+    cpu_has_bf16,
+    lr_at,
+    resolve_precision,
+    setup_dist,
 )
 
+__all__ = [
+    "ATTENTION",
+    "PRECISIONS",
+    "PRESETS",
+    "Dist",
+    "RunFolderError",
+    "Timers",
+    "TrainConfig",
+    "apply_checkpoint",
+    "build_model",
+    "check_run_visible",
+    "cpu_has_bf16",
+    "load_checkpoint",
+    "lr_at",
+    "model_weights",
+    "read_checkpoint",
+    "resolve_precision",
+    "resume_state",
+    "save_checkpoint",
+    "save_final_model",
+    "setup_dist",
+    "train",
+]
+
 log = logging.getLogger(__name__)
-
-PRESETS: dict[str, dict[str, int]] = {
-    # CI and tests: trains in seconds on one CPU core.
-    "tiny": {"n_layer": 2, "n_head": 2, "n_embd": 64, "n_positions": 256, "batch_size": 8},
-    # The shipped chorale model's size class: an hour on a 2-core CPU.
-    "small": {"n_layer": 4, "n_head": 4, "n_embd": 256, "n_positions": 512, "batch_size": 16},
-    # The original system's model (DGX-2): 6 blocks, 8 heads, 512 wide, 2048 positions.
-    "seed": {"n_layer": 6, "n_head": 8, "n_embd": 512, "n_positions": 2048, "batch_size": 16},
-}
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-ATTENTION = ("sdpa", "eager")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything that decides a training run; saved as RUN/train_config.json."""
-
-    preset: str = field(default="tiny", metadata={"help": "tiny | small | seed"})
-    n_layer: int = field(default=0, metadata={"help": "decoder blocks (0 = preset)"})
-    n_head: int = field(default=0, metadata={"help": "attention heads (0 = preset)"})
-    n_embd: int = field(default=0, metadata={"help": "model width (0 = preset)"})
-    n_positions: int = field(default=0, metadata={"help": "block / context length (0 = preset)"})
-    batch_size: int = field(default=0, metadata={"help": "blocks per micro-batch per device"})
-    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
-    max_steps: int = field(default=0, metadata={"help": "optimizer steps (0 = use --epochs)"})
-    epochs: float = field(default=1.0, metadata={"help": "passes over the data if no max-steps"})
-    lr: float = field(default=6e-4, metadata={"help": "peak learning rate"})
-    min_lr_ratio: float = field(default=0.1, metadata={"help": "final lr as a fraction of lr"})
-    warmup_steps: int = field(default=100, metadata={"help": "linear warmup steps"})
-    weight_decay: float = field(default=0.1, metadata={"help": "AdamW decay on 2-D weights"})
-    beta2: float = field(default=0.95, metadata={"help": "AdamW beta2"})
-    grad_clip: float = field(default=1.0, metadata={"help": "max grad norm (0 = off)"})
-    dropout: float = field(default=0.0, metadata={"help": "residual/attention dropout"})
-    precision: str = field(default="auto", metadata={"help": "auto | bf16 | fp16 | fp32"})
-    attention: str = field(default="sdpa", metadata={"help": "sdpa | eager"})
-    compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
-    eval_every: int = field(default=200, metadata={"help": "steps between validations"})
-    eval_batches: int = field(
-        default=20,
-        metadata={
-            "help": "validation blocks = eval_batches x batch_size, counted over all ranks "
-            "(the same samples for any number of GPUs)"
-        },
-    )
-    log_every: int = field(default=10, metadata={"help": "steps between log lines"})
-    save_every: int = field(default=500, metadata={"help": "steps between checkpoints"})
-    keep_checkpoints: int = field(default=2, metadata={"help": "newest checkpoints kept"})
-    seed: int = field(default=0, metadata={"help": "data order, init and dropout seed"})
-    peak_tflops: float = field(default=0.0, metadata={"help": "device peak for MFU (0 = table)"})
-    time_limit_min: float = field(
-        default=0.0, metadata={"help": "save and stop (exit 75) after this many minutes (0=off)"}
-    )
-    reorder: float = field(
-        default=0.0,
-        metadata={
-            "help": "probability that a training sample has one of its tracks moved last "
-            "(teaches adding any part, not only the corpus's last one; 0 = corpus order)"
-        },
-    )
-
-    def __post_init__(self) -> None:
-        if self.preset not in PRESETS:
-            raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {self.preset!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.attention not in ATTENTION:
-            raise ValueError(f"attention must be one of {ATTENTION}, got {self.attention!r}")
-        p = PRESETS[self.preset]
-        for k in ("n_layer", "n_head", "n_embd", "n_positions", "batch_size"):
-            if getattr(self, k) == 0:
-                object.__setattr__(self, k, p[k])
-            if getattr(self, k) < 1:
-                raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd {self.n_embd} must be a multiple of n_head {self.n_head}")
-        if self.grad_accum < 1 or self.max_steps < 0 or self.epochs <= 0:
-            raise ValueError("grad_accum >= 1, max_steps >= 0 and epochs > 0 are required")
-        if not 0 <= self.reorder <= 1:
-            raise ValueError(f"reorder is a probability in [0, 1], got {self.reorder}")
-        if not 0 <= self.dropout < 1 or not 0 <= self.min_lr_ratio <= 1 or self.lr <= 0:
-            raise ValueError("dropout in [0, 1), min_lr_ratio in [0, 1] and lr > 0 required")
-        for k in ("eval_every", "log_every", "save_every", "eval_batches", "keep_checkpoints"):
-            if getattr(self, k) < 1:
-                raise ValueError(f"{k} must be >= 1")
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, d: dict) -> TrainConfig:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-
-# ---------------------------------------------------------------------------- pure helpers
-
-
-def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
-    """Linear warmup to ``lr`` over ``warmup_steps``, then cosine to ``min_lr_ratio * lr``."""
-    warm = min(cfg.warmup_steps, max(total // 10, 1)) if total else cfg.warmup_steps
-    if step < warm:
-        return cfg.lr * (step + 1) / warm
-    frac = min((step - warm) / max(total - warm, 1), 1.0)
-    lo = cfg.lr * cfg.min_lr_ratio
-    return lo + 0.5 * (cfg.lr - lo) * (1 + math.cos(math.pi * frac))
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bf16 matrix products natively (AVX512-BF16 or AMX).
-
-    There, bf16 autocast is 2-3x faster than fp32 for these models (bench/train_cpu.py); on a
-    CPU without it PyTorch emulates bf16 and fp32 is faster.
-    """
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    return False
-
-
-def resolve_precision(
-    requested: str,
-    device: torch.device,
-    capability: tuple[int, int] | None = None,
-    cpu_bf16: bool | None = None,
-) -> str:
-    """bf16 where the GPU has it (compute capability 8.0+: A100, H100), fp16 with loss scaling
-    where it does not (V100: a DGX-2); on a CPU bf16 where it is native (AVX512-BF16, AMX),
-    else fp32.
-
-    Decided by compute capability, not ``torch.cuda.is_bf16_supported()``, which also says yes
-    on a V100 (where bf16 is only emulated, and slow). bf16 on the CPU was checked against fp32
-    for loss parity (bench/train_cpu.py --parity-steps; docs/training.md).
-    """
-    if device.type == "cuda" and capability is None:
-        capability = torch.cuda.get_device_capability(device)
-    has_bf16 = device.type == "cuda" and capability is not None and capability[0] >= 8
-    if requested != "auto":
-        if device.type == "cpu" and requested == "fp16":
-            raise ValueError("fp16 needs a GPU; use --precision fp32 or bf16 on a CPU")
-        if device.type == "cuda" and requested == "bf16" and not has_bf16:
-            raise ValueError(
-                f"bf16 needs a GPU of compute capability 8.0+ (this one: {capability}); "
-                "use --precision fp16 (loss-scaled) on a V100"
-            )
-        return requested
-    if device.type == "cuda":
-        return "bf16" if has_bf16 else "fp16"
-    if cpu_bf16 is None:
-        cpu_bf16 = cpu_has_bf16()
-    return "bf16" if cpu_bf16 else "fp32"
-
-
-def build_model(cfg: TrainConfig, vocab_size: int) -> torch.nn.Module:
-    """A fresh GPT-2 of the run's shape, from the one config factory that export also uses."""
-    from bandmate.models.model_folder import ModelDims, gpt2_config
-    from transformers import GPT2LMHeadModel
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()  # "pass an attention_mask": packed blocks need none
-    dims = ModelDims(cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.n_positions, vocab_size)
-    mc = gpt2_config(dims, dropout=cfg.dropout, attention=cfg.attention)
-    torch.manual_seed(cfg.seed)
-    return GPT2LMHeadModel(mc)
-
-
-# ------------------------------------------------------------------ distributed plumbing
-
-
-@dataclass
-class Dist:
-    """This process's place in a torchrun job (world 1 without torchrun)."""
-
-    rank: int = 0
-    local_rank: int = 0
-    world: int = 1
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def all_sum(self, *xs: float) -> list[float]:
-        if self.world == 1:
-            return list(xs)
-        t = torch.tensor(xs, dtype=torch.float64, device=self.device)
-        torch.distributed.all_reduce(t)
-        return t.tolist()
-
-    def from_main(self, x: float) -> float:
-        """Rank 0's value of ``x`` on every rank (exact for integers below 2**53)."""
-        return self.all_sum(x if self.main else 0.0)[0]
-
-
-class RunFolderError(RuntimeError):
-    """The run folder is not the same for every process of the job, or has no usable
-    checkpoint: stopping with a message beats a job that hangs or forks its history."""
-
-
-def setup_dist(device: str = "auto") -> Dist:
-    """Join the torchrun job if there is one (env RANK/WORLD_SIZE), else a world of one."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = torch.cuda.is_available() and device in ("auto", "cuda")
-    dev = torch.device(f"cuda:{local}") if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(dev)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if cuda else "gloo")
-    return Dist(rank, local, world, dev)
-
-
-# ------------------------------------------------------------------------- checkpoints
-
-
-def save_checkpoint(
-    run: Path, model, opt, scaler, state: dict, keep: int, codec: CodecConfig | None = None
-) -> Path:
-    """model.safetensors (tied lm_head stored once), optim.safetensors, optim.json, the
-    Hugging Face files (config, generation config, tokenizer), state.json; then every file
-    and the folder are fsynced and ``latest`` moves (run_io.mark_latest)."""
-    from safetensors.torch import save_file
-
-    ck = checkpoint_dir(run, state["step"])
-    ck.mkdir(parents=True, exist_ok=True)
-    (ck / "state.json").unlink(missing_ok=True)  # a stale folder of an abandoned future
-    save_file(model_weights(model), str(ck / WEIGHTS), metadata={"format": "pt"})
-    osd = opt.state_dict()
-    tensors = {
-        f"state.{pid}.{k}": v.detach().to("cpu").contiguous()
-        for pid, st in osd["state"].items()
-        for k, v in st.items()
-        if torch.is_tensor(v)
-    }
-    save_file(tensors, str(ck / "optim.safetensors"))
-    extra = {"param_groups": osd["param_groups"], "scaler": scaler.state_dict() if scaler else None}
-    write_json(ck / "optim.json", extra)
-    if codec is not None:
-        write_hf_files(ck, model.config, codec)
-    write_json(ck / "state.json", state)  # written last: its presence marks a complete one
-    mark_latest(run, ck, keep)
-    return ck
-
-
-def model_weights(model) -> dict[str, torch.Tensor]:
-    """The state dict as save_pretrained stores it: on the CPU, tied lm_head left out."""
-    return {
-        k: v.detach().to("cpu").contiguous()
-        for k, v in model.state_dict().items()
-        if k != "lm_head.weight"
-    }
-
-
-def read_checkpoint(ck: Path, device: torch.device) -> dict:
-    """Every file of a checkpoint read into memory; raises if any is missing or unreadable."""
-    from safetensors.torch import load_file
-
-    return {
-        "model": load_file(str(ck / WEIGHTS), device=str(device)),
-        "optim": load_file(str(ck / "optim.safetensors"), device=str(device)),
-        "extra": read_json(ck / "optim.json"),
-        "state": read_json(ck / "state.json"),
-    }
-
-
-def apply_checkpoint(payload: dict, model, opt, scaler) -> dict:
-    """Load what `read_checkpoint` read into the model, optimizer and scaler."""
-    missing, unexpected = model.load_state_dict(payload["model"], strict=False)
-    if [m for m in missing if m != "lm_head.weight"] or unexpected:
-        raise ValueError(f"weights do not match the model (missing {missing}, extra {unexpected})")
-    model.tie_weights()
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, v in payload["optim"].items():
-        _, pid, name = key.split(".", 2)
-        state.setdefault(int(pid), {})[name] = v
-    for st in state.values():  # AdamW keeps `step` on the CPU unless fused/capturable
-        if "step" in st and not (opt.defaults.get("fused") or opt.defaults.get("capturable")):
-            st["step"] = st["step"].cpu()
-    extra = payload["extra"]
-    opt.load_state_dict({"state": state, "param_groups": extra["param_groups"]})
-    if scaler is not None and extra.get("scaler"):
-        scaler.load_state_dict(extra["scaler"])
-    return dict(payload["state"])
-
-
-def load_checkpoint(ck: Path, model, opt, scaler, device: torch.device) -> dict:
-    return apply_checkpoint(read_checkpoint(ck, device), model, opt, scaler)
-
-
-def resume_state(run: Path, dist: Dist, model, opt, scaler) -> dict | None:
-    """Rank 0 picks the checkpoint to resume from and every rank loads that one.
-
-    Rank 0 tries ``latest`` and then older checkpoints, newest first, skipping (with a
-    warning) any it cannot read completely; the chosen step is broadcast, so every rank
-    resumes at the same step even when they would see different folders. A rank that cannot
-    read the chosen checkpoint stops the whole job with a clear error. None: no checkpoint.
-    """
-    step = -1.0
-    if dist.main:
-        candidates = checkpoint_candidates(run)
-        for ck in candidates:
-            try:
-                state = load_checkpoint(ck, model, opt, scaler, dist.device)
-            except Exception as e:  # truncated file, bad JSON, missing file, wrong shapes
-                log.warning(
-                    "checkpoint %s cannot be read (%s: %s): trying the previous one",
-                    ck,
-                    type(e).__name__,
-                    str(e).splitlines()[0] if str(e) else "",
-                )
-                continue
-            step = float(checkpoint_step(ck))
-            if ck != candidates[0]:
-                log.warning("resuming from %s, not the newest checkpoint", ck.name)
-            break
-        else:
-            step = -2.0 if candidates else -1.0
-    step = dist.from_main(step)
-    if step == -2:
-        raise RunFolderError(
-            f"no checkpoint in {run}/checkpoints can be read (see the warnings above); "
-            "start a new run, or restore the folder from a backup"
-        )
-    if step < 0:
-        return None
-    ck = checkpoint_dir(run, int(step))
-    failed = 0.0
-    if not dist.main:
-        try:
-            state = load_checkpoint(ck, model, opt, scaler, dist.device)
-        except Exception as e:
-            log.error("rank %d cannot read %s: %s", dist.rank, ck, e)
-            failed = 1.0
-    failed = dist.all_sum(failed)[0]
-    if failed:
-        raise RunFolderError(
-            f"{int(failed)} of {dist.world} processes cannot read {ck}, which rank 0 resumes "
-            "from: the run folder must be on a filesystem every node shares"
-        )
-    return state
-
-
-def check_run_visible(run: Path, dist: Dist, attempts: int = 5) -> None:
-    """Stop unless every rank sees the run folder rank 0 writes (RUN/job.json, a fresh nonce).
-
-    Only rank 0 writes checkpoints; a node-local run folder would leave the other nodes
-    without them, and a later resume would start the nodes at different steps (a hang).
-    """
-    if dist.world == 1:
-        return
-    import secrets
-
-    nonce = float(secrets.randbits(48)) if dist.main else 0.0
-    if dist.main:
-        Path(run).mkdir(parents=True, exist_ok=True)
-        write_json(
-            Path(run) / "job.json",
-            {"nonce": int(nonce), "world_size": dist.world, "started": time.time()},
-        )
-    nonce = dist.from_main(nonce)  # also orders every read after rank 0's write
-    seen = None
-    for k in range(attempts):  # a shared filesystem may show a new file a moment late
-        try:
-            seen = read_json(Path(run) / "job.json").get("nonce")
-        except (OSError, ValueError):
-            seen = None
-        if seen == int(nonce):
-            break
-        time.sleep(0.2 * (k + 1))
-    bad = dist.all_sum(float(seen != int(nonce)))[0]
-    if bad:
-        raise RunFolderError(
-            f"{int(bad)} of {dist.world} processes do not see {Path(run) / 'job.json'} as "
-            "rank 0 wrote it: the run folder must be on a filesystem every node shares "
-            "(NFS, Lustre, ...), not a node-local disk"
-        )
-
-
-def save_final_model(run: Path, model, codec: CodecConfig) -> None:
-    """RUN/model.safetensors + the Hugging Face files: the run folder is the final model."""
-    from safetensors.torch import save_file
-
-    tmp = Path(run) / (WEIGHTS + ".tmp")
-    save_file(model_weights(model), str(tmp), metadata={"format": "pt"})
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, Path(run) / WEIGHTS)
-    write_hf_files(run, model.config, codec)
 
 
 # --------------------------------------------------------------------------- the run
@@ -482,33 +133,6 @@ def _data_summary(data_dir: Path, train, val, codec: CodecConfig, packed) -> dic
     }
 
 
-def _decide_resume(run: Path, resume: bool | str, dist: Dist) -> bool:
-    """Rank 0 decides whether this is a new run or a resumed one; every rank gets the answer
-    (or the same error), so no rank reads its own disk to decide."""
-    code, err = 0.0, None
-    if dist.main:
-        try:
-            has_run = (run / "train_config.json").exists()
-            if resume == "auto":
-                resume = has_run
-            if resume and not has_run:
-                raise FileNotFoundError(f"{run} is not a run folder: start it without --resume")
-            if not resume and (run / "checkpoints").exists() and checkpoint_candidates(run):
-                raise FileExistsError(
-                    f"{run} already holds a run: pass --resume, or choose a new -o"
-                )
-            code = 1.0 if resume else 0.0
-        except (FileNotFoundError, FileExistsError) as e:
-            code, err = -1.0, e
-    code = dist.from_main(code)
-    if code < 0:
-        raise err or RunFolderError("rank 0 could not start the run (see its error)")
-    if dist.main:
-        run.mkdir(parents=True, exist_ok=True)
-    check_run_visible(run, dist)
-    return code > 0
-
-
 def train(
     data_dir: str | Path,
     run: str | Path,
@@ -525,7 +149,7 @@ def train(
     """
     data_dir, run = Path(data_dir), Path(run)
     dist = setup_dist(device)
-    resume = _decide_resume(run, resume, dist)
+    resume = decide_resume(run, resume, dist)
     if resume:
         saved = TrainConfig.from_json(read_json(run / "train_config.json"))
         overrides = {
@@ -605,7 +229,7 @@ def train(
                 run / "data_summary.json",
                 _data_summary(data_dir, train_split, val_split, codec, packed),
             )
-        _trim_log(run / "log.jsonl", state["step"])
+        trim_log(run / "log.jsonl", state["step"])
     summary_data = read_json(run / "data_summary.json") if dist.main else {}
 
     fwd_model: torch.nn.Module = model
@@ -897,13 +521,3 @@ def _log_line(run: Path, writer, rec: dict) -> None:
         log.debug(
             "step %d: loss %.4f, %.0f tokens/s", rec["step"], rec["loss"], rec["tokens_per_s"]
         )
-
-
-def _trim_log(path: Path, step: int) -> None:
-    """Drop log lines after the checkpoint a run resumes from (they will be redone)."""
-    if not path.exists():
-        return
-    keep = [
-        ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step
-    ]
-    path.write_text("".join(ln + "\n" for ln in keep))
