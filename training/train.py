@@ -31,6 +31,7 @@ import logging
 import math
 import signal
 import time
+from collections.abc import Collection
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,30 @@ def _data_summary(data_dir: Path, train, val, codec: CodecConfig, packed) -> dic
     }
 
 
+#: What a resumed run takes from the command line (the rest is the run's saved config).
+RESUMABLE = ("max_steps", "time_limit_min", "eval_every", "log_every", "save_every")
+
+
+def _resumed_config(saved: TrainConfig, cfg: TrainConfig, given: Collection[str] | None,
+                    warn: bool = True) -> TrainConfig:
+    """The saved config with the given RESUMABLE settings of ``cfg`` on top."""
+    default = TrainConfig()
+    if given is None:
+        given = [k for k in RESUMABLE if getattr(cfg, k) != getattr(default, k)]
+    overrides = {k: getattr(cfg, k) for k in given if k in RESUMABLE}
+    ignored = sorted(k for k in given if k not in RESUMABLE and k in saved.__dataclass_fields__
+                     and getattr(cfg, k) != getattr(saved, k))  # fmt: skip
+    if ignored and warn:
+        log.warning(
+            "resuming: the run keeps its own %s; ignored %s (only %s change on --resume; "
+            "start a new run folder to change the others)",
+            ", ".join(f"{k}={getattr(saved, k)!r}" for k in ignored),
+            ", ".join(f"--{k.replace('_', '-')} {getattr(cfg, k)!r}" for k in ignored),
+            ", ".join("--" + k.replace("_", "-") for k in RESUMABLE),
+        )
+    return TrainConfig.from_json({**asdict(saved), **overrides})
+
+
 def train(
     data_dir: str | Path,
     run: str | Path,
@@ -140,25 +165,23 @@ def train(
     resume: bool | str = False,
     device: str = "auto",
     progress: bool = True,
+    given: Collection[str] | None = None,
 ) -> dict:
     """Train (or resume) a run; returns the summary also written to RUN/summary.json.
 
     ``resume``: True continues the run in ``run``, False starts a new one, "auto" resumes
     when ``run`` holds a run (decided by rank 0 for every rank: launchers pass it on every
-    restart).
+    restart). A resumed run keeps its saved config except `RESUMABLE` settings the user
+    ``given`` (the names set on the command line; None: those that differ from the
+    defaults), so a flag equal to its default still applies; other given settings that
+    differ from the run's are named in a warning, never silently dropped.
     """
     data_dir, run = Path(data_dir), Path(run)
     dist = setup_dist(device)
     resume = decide_resume(run, resume, dist)
     if resume:
         saved = TrainConfig.from_json(read_json(run / "train_config.json"))
-        overrides = {
-            k: v
-            for k, v in asdict(cfg).items()
-            if k in ("max_steps", "time_limit_min", "eval_every", "log_every", "save_every")
-            and v != getattr(TrainConfig(), k)
-        }
-        cfg = TrainConfig.from_json({**asdict(saved), **overrides})
+        cfg = _resumed_config(saved, cfg, given, warn=dist.rank == 0)
 
     manifest_codec = data_dir / "manifest.json"
     if not manifest_codec.exists():

@@ -25,6 +25,21 @@ log = logging.getLogger(__name__)
 EXIT_UNFINISHED = 75
 
 
+class _Given(argparse.Action):
+    """Store a value and remember that the user gave the flag: on --resume only given
+    settings apply, so a flag set to its default value still counts."""
+
+    def __init__(self, option_strings: list[str], dest: str, flag: bool = False, **kw) -> None:
+        if flag:
+            kw.update(nargs=0, default=False)
+        self.flag = flag
+        super().__init__(option_strings, dest, **kw)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, True if self.flag else values)
+        namespace.given = {*getattr(namespace, "given", ()), self.dest}
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", help="folder written by `bandmate prepare`")
     parser.add_argument("-o", "--out", required=True, help="run folder (checkpoints, logs)")
@@ -47,10 +62,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
             else 0
         )
         if isinstance(default, bool):
-            parser.add_argument(flag, action="store_true", help=help_text)
+            parser.add_argument(flag, action=_Given, flag=True, help=help_text)
         else:
             kw = {"choices": ("tiny", "small", "seed")} if f.name == "preset" else {}
-            parser.add_argument(flag, type=type(default), default=default, help=help_text, **kw)
+            parser.add_argument(flag, action=_Given, type=type(default), default=default,
+                                help=help_text, **kw)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
             resume="auto" if args.auto_resume else args.resume,
             device=args.device,
             progress=not args.no_progress,
+            given=frozenset(getattr(args, "given", ())),
         )
     except (ValueError, FileNotFoundError, FileExistsError, RunFolderError) as e:
         log.error("%s", e)

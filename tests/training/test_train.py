@@ -434,3 +434,31 @@ def test_signal_saves_a_checkpoint_and_stops_with_75(data_dir, tmp_path, sig):
     assert not summary["finished"] and summary["steps"] >= 5
     assert latest_checkpoint(run).name == f"step-{summary['steps']:07d}"
     assert "resume with --resume" in err
+
+
+def test_resume_applies_the_given_flags_even_at_their_defaults_and_names_the_ignored(caplog):
+    """On --resume a flag the user gave applies when it may (max steps, time limit, eval, log
+    and save intervals), even when it equals the default; any other given flag that differs
+    from the run's setting is named in a warning instead of being dropped silently."""
+    import argparse
+    import logging
+
+    from bandmate.training import train as T
+    from bandmate.training import train_cli
+
+    parser = argparse.ArgumentParser()
+    train_cli.configure(parser)
+    args = parser.parse_args(["data", "-o", "run", "--resume", "--eval-every", "200",
+                              "--lr", "0.5", "--compile", "--seed", "0"])  # fmt: skip
+    assert args.given == {"eval_every", "lr", "compile", "seed"}
+    assert not hasattr(parser.parse_args(["data", "-o", "run"]), "given")
+    cfg = T.TrainConfig(**{f: getattr(args, f) for f in T.TrainConfig.__dataclass_fields__})
+    saved = T.TrainConfig(preset="tiny", eval_every=250, lr=1e-3, compile=True, seed=0)
+    with caplog.at_level(logging.WARNING):
+        got = T._resumed_config(saved, cfg, args.given)
+    assert got.eval_every == 200  # the default value, given: it applies
+    assert got.lr == 1e-3 and got.compile and got.preset == "tiny"  # the run's own
+    assert "ignored --lr 0.5" in caplog.text and "compile" not in caplog.text
+    # Called without the CLI (given=None): resumable settings that differ from the defaults.
+    assert T._resumed_config(saved, T.TrainConfig(max_steps=9), None).max_steps == 9
+    assert T._resumed_config(saved, T.TrainConfig(), None).eval_every == 250
