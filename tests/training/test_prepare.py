@@ -410,7 +410,7 @@ def test_a_file_that_never_finishes_is_skipped_after_the_timeout(corpus, tmp_pat
 def _interrupted_before_the_merge(corpus, tmp_path, monkeypatch, workers: int) -> tuple:
     """A reference run into tmp/ref, and the same run into tmp/o stopped (as by Ctrl-C) once
     every work unit is on disk, just before the merge. Returns the run's arguments."""
-    from bandmate.training import prepare as P
+    from bandmate.training.corpus import run as corpus_run
 
     src, _ = corpus
     argv = (src, "-o", tmp_path / "o", "--chunk-files", 2, "--workers", workers)
@@ -419,7 +419,7 @@ def _interrupted_before_the_merge(corpus, tmp_path, monkeypatch, workers: int) -
     def stop(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(P, "_merge", stop)
+    monkeypatch.setattr(corpus_run, "merge", stop)  # where the run looks it up
     assert run_cli(*argv) == 130
     monkeypatch.undo()
     return argv
@@ -488,11 +488,11 @@ def test_spawned_workers_give_the_same_bytes(corpus, tmp_path, monkeypatch):
     """Nothing relies on state inherited by fork: spawn (macOS, Windows) gives the same bytes."""
     import multiprocessing as mp
 
-    from bandmate.training import prepare as P
+    from bandmate.training.corpus import run as corpus_run
 
     src, _ = corpus
     assert run_cli(src, "-o", tmp_path / "fork", "--workers", 2) == 0
-    monkeypatch.setattr(P, "_mp_context", lambda: mp.get_context("spawn"))
+    monkeypatch.setattr(corpus_run, "mp_context", lambda: mp.get_context("spawn"))
     assert run_cli(src, "-o", tmp_path / "spawn", "--workers", 2) == 0
     assert read_tree(tmp_path / "fork") == read_tree(tmp_path / "spawn")
 
@@ -563,6 +563,7 @@ def test_second_run_on_the_same_folder_is_refused(corpus, tmp_path, capsys):
 def test_absurd_lengths_are_skipped_not_allocated(tmp_path, monkeypatch):
     import mido
     from bandmate.training import prepare as P
+    from bandmate.training.corpus import samples
 
     mid = mido.MidiFile(type=1, ticks_per_beat=480)
     for _ in range(4):
@@ -573,7 +574,7 @@ def test_absurd_lengths_are_skipped_not_allocated(tmp_path, monkeypatch):
         tr.append(mido.Message("note_off", note=62, velocity=0, time=480))
         mid.tracks.append(tr)
     mid.save(tmp_path / "late.mid")
-    monkeypatch.setattr(P, "MAX_TRACK_BARS", 4000)
+    monkeypatch.setattr(samples, "MAX_TRACK_BARS", 4000)  # read by samples.encode_file
     with pytest.raises(P.MidiError, match="damaged"):
         encode_file(tmp_path / "late.mid", PrepareConfig(sources=("x",)))
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from bandmate.models.midi_io import write_midi
 from bandmate.training import prepare as P
+from bandmate.training.corpus import merge as corpus_merge
 
 from bandmate.cli import main
 
@@ -81,17 +82,17 @@ def test_killed_run_resumes_to_identical_bytes(corpus, tmp_path, monkeypatch):
     assert second > first and not (out / "manifest.json").exists()
 
     # A kill during the merge: shards are written, the manifest is not.
-    real = P.atomic_write_bytes
+    real = corpus_merge.atomic_write_bytes  # the merge writes the manifest with it
 
     def die_before_manifest(path, data):
         if Path(path).name == "manifest.json":
             raise KeyboardInterrupt("killed during the merge")
         real(path, data)
 
-    monkeypatch.setattr(P, "atomic_write_bytes", die_before_manifest)
+    monkeypatch.setattr(corpus_merge, "atomic_write_bytes", die_before_manifest)
     assert main(_args(corpus, out, 2)) == 130
     assert (out / "train-00000.bin").exists() and not (out / "manifest.json").exists()
-    monkeypatch.setattr(P, "atomic_write_bytes", real)
+    monkeypatch.setattr(corpus_merge, "atomic_write_bytes", real)
 
     proc = subprocess.run(
         [sys.executable, "-m", "bandmate", *_args(corpus, out, 2)],
