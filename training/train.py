@@ -69,6 +69,7 @@ from bandmate.training.train_setup import (
     resolve_precision,
     setup_dist,
 )
+from bandmate.training.warm_start import load_init_weights
 
 __all__ = [
     "ATTENTION",
@@ -235,13 +236,17 @@ def train(
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
 
     state = {"step": 0, "tokens_seen": 0, "real_tokens_seen": 0, "val_loss": None}
-    if resume:
-        resumed = resume_state(run, dist, model, opt, scaler)
-        if resumed is None:
+    resumed = resume_state(run, dist, model, opt, scaler) if resume else None
+    if resumed is not None:
+        state = resumed
+        log.info("resumed from step %d", state["step"])
+    else:
+        if resume:
             log.info("no checkpoint in %s yet: starting from step 0", run)
-        else:
-            state = resumed
-            log.info("resumed from step %d", state["step"])
+        if cfg.init_from:  # every rank reads the same weights: no broadcast needed
+            source = load_init_weights(model, cfg.init_from, codec)
+            if dist.main:
+                log.info("starting from the weights of %s", source)
     if dist.main:
         run.mkdir(parents=True, exist_ok=True)
         write_json(run / "train_config.json", cfg.to_json())

@@ -74,6 +74,15 @@ class TrainConfig:
         },
     )
 
+    init_from: str = field(
+        default="",
+        metadata={
+            "help": "start from these weights instead of a random init: a finished run "
+            "folder, a model folder or a shipped model's name (int8 graphs are dequantized); "
+            "the model's codec must be the data's"
+        },
+    )
+
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
             raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {self.preset!r}")
