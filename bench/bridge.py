@@ -33,8 +33,8 @@ import time
 from pathlib import Path
 
 import mido
+from bandmate.bridge.bridge import Bridge, BridgeConfig, wait_until
 from bandmate.bridge.clock import TICKS_PER_STEP
-from bandmate.bridge.facade import Bridge, BridgeConfig, wait_until
 from bandmate.models.types import Note
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tests/support

@@ -195,7 +195,7 @@ def sweep(folder: Path, ctx: int = 300, steps: int = 40) -> list[dict]:
     graph optimisation level; execution is sequential throughout), interleaved twice so a
     load change hits every setting alike."""
     import onnxruntime as ort
-    from bandmate.models.session import ModelSession, SharedKV
+    from bandmate.models.session import KVBuffers, ModelSession
 
     s = ModelSession.load(folder)
     if not s.fast:
@@ -219,7 +219,7 @@ def sweep(folder: Path, ctx: int = 300, steps: int = 40) -> list[dict]:
             so.graph_optimization_level = levels[level]
             so.add_session_config_entry("session.intra_op.allow_spinning", str(spin))
             sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-            kv = SharedKV(sess, s.n_layer, s.n_head, s.head_dim, 1, ctx + steps + 1)
+            kv = KVBuffers(sess, s.n_layer, s.n_head, s.head_dim, 1, ctx + steps + 1)
             ids = rng.integers(10, 280, (1, ctx))
             pre = []
             for _ in range(3):

@@ -257,7 +257,7 @@ class Scorer:
         empty = np.zeros((1, self.s.n_head, 0, self.s.head_dim), np.float32)
         for name in self.s.past_names:
             feed[name] = empty
-        logits = self.s.sess.run(["logits"], feed)[0][0].astype(np.float64)
+        logits = self.s.onnx_session.run(["logits"], feed)[0][0].astype(np.float64)
         start = int(np.flatnonzero(ids == TRACK_START)[-1])
         pos = [i for i in range(start + 1, n) if NOTE_ON0 <= ids[i] < NOTE_ON0 + 128]
         if not pos:

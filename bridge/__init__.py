@@ -3,6 +3,7 @@
 See docs/bridge.md. Importing this package does not open any port.
 """
 
+from bandmate.bridge.bridge import Bridge, BridgeConfig, install_signal_handlers
 from bandmate.bridge.capture import Capture, CaptureConfig, voice_labels
 from bandmate.bridge.clock import (
     TICKS_PER_BAR,
@@ -12,7 +13,6 @@ from bandmate.bridge.clock import (
     ClockState,
     InternalClock,
 )
-from bandmate.bridge.facade import Bridge, BridgeConfig, install_signal_handlers
 from bandmate.bridge.follower import MidiClockFollower
 from bandmate.bridge.ports import PortError, list_ports, resolve_api
 from bandmate.bridge.scheduler import Scheduler, SchedulerConfig

@@ -169,8 +169,8 @@ def run(args: argparse.Namespace) -> int:
     import signal
     import sys
 
+    from bandmate.bridge.bridge import Bridge, BridgeConfig
     from bandmate.bridge.capture import voice_labels
-    from bandmate.bridge.facade import Bridge, BridgeConfig
     from bandmate.bridge.ports import PortError
 
     try:

@@ -1,6 +1,6 @@
 """Decoder state for one batch of sequences: `KVCache` (the contract graph: past keys/values
-in and out of every run) and `FastKVCache` (the CPU decode graph: keys/values in preallocated
-`SharedKV` buffers that ONNX Runtime updates in place through IOBinding, so a decode step
+in and out of every run) and `InPlaceKVCache` (the CPU decode graph: keys/values in preallocated
+`KVBuffers` buffers that ONNX Runtime updates in place through IOBinding, so a decode step
 copies no cache). `ModelSession.new_cache` picks one (bandmate.models.session's docstring says
 when); both fail with `ContextFull` rather than silently dropping history.
 """
@@ -82,7 +82,7 @@ class KVCache:
         }
         for name, value in zip(self.s.past_names, self.past, strict=True):
             feed[name] = value
-        out = self.s.sess.run(self.s.fetch_names, feed)
+        out = self.s.onnx_session.run(self.s.fetch_names, feed)
         self.s.calls += 1
         self.past = out[1:]
         self.length = lo + n
@@ -92,7 +92,7 @@ class KVCache:
         return logits[np.arange(b), last]
 
 
-class SharedKV:
+class KVBuffers:
     """Preallocated ``[batch, n_head, max_seq, head_dim]`` caches bound as both past and
     present of a decode-graph session, so every run writes its new keys/values in place.
 
@@ -232,7 +232,7 @@ class SharedKV:
 PREFILL_CHUNK = 160
 
 
-class FastKVCache:
+class InPlaceKVCache:
     """`KVCache` on the in-place decode graph: same interface (``feed``, ``pos``,
     ``positions_left``, ``calls``, ``tokens_fed``), no padding slots and no copies.
 

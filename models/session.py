@@ -16,7 +16,7 @@ shorter rows are padded at the end of their chunk with attention-mask zeros, so 
 real tokens see exactly their own history.
 
 Fast path: when the folder has the decode graph (``onnx.kv_int8`` / ``kv_fp32``, written by
-``bandmate.training.export_fast``) and the session runs on the CPU, `FastKVCache` is used
+``bandmate.training.export_fast``) and the session runs on the CPU, `InPlaceKVCache` is used
 instead: the keys/values live in preallocated ``[batch, n_head, max_seq, head_dim]`` buffers
 (reused across caches of the same batch size) that ONNX Runtime's GroupQueryAttention updates
 in place through IOBinding, so a decode step copies no cache. Folders without it (older
@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from bandmate.models.config import CodecConfig
-from bandmate.models.kv_cache import ContextFull, FastKVCache, KVCache, SharedKV
+from bandmate.models.kv_cache import ContextFull, InPlaceKVCache, KVBuffers, KVCache
 from bandmate.models.model_folder import (
     META_NAME,
     TOKENIZER_NAME,
@@ -47,8 +47,15 @@ from bandmate.models.vocab import Vocab
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ContextFull", "FastKVCache", "KVCache", "ModelError", "ModelSession", "SharedKV",
-           "default_model_dir"]
+__all__ = [
+    "ContextFull",
+    "InPlaceKVCache",
+    "KVBuffers",
+    "KVCache",
+    "ModelError",
+    "ModelSession",
+    "default_model_dir",
+]
 
 #: GM programs of basses, in the order "Add bass track" prefers them (33 = fingered bass).
 GM_BASS_PROGRAMS = ("33", "32", "34", "35", "38", "39", "36", "37")
@@ -95,7 +102,7 @@ class ModelSession:
     description: ModelDescription
     config: CodecConfig
     vocab: Vocab
-    sess: Any
+    onnx_session: Any  # onnxruntime.InferenceSession
     provider: str
     onnx_file: str
     n_layer: int
@@ -105,8 +112,8 @@ class ModelSession:
     input_names: list[str] = field(default_factory=list)
     output_names: list[str] = field(default_factory=list)
     calls: int = 0  # model runs so far (every cache of this session), for stats and tests
-    fast: bool = False  # sess is the in-place decode graph (FastKVCache)
-    _pool: dict = field(default_factory=dict, repr=False)  # batch -> [SharedKV, ...]
+    fast: bool = False  # onnx_session is the in-place decode graph (InPlaceKVCache)
+    _pool: dict = field(default_factory=dict, repr=False)  # batch -> [KVBuffers, ...]
     _pool_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -222,7 +229,7 @@ class ModelSession:
             description=desc,
             config=config,
             vocab=vocab,
-            sess=sess,
+            onnx_session=sess,
             provider=provider,
             onnx_file=onnx_file,
             n_layer=m.n_layer,
@@ -234,13 +241,13 @@ class ModelSession:
             fast=is_fast,
         )
 
-    def new_cache(self, batch: int, capacity: int | None = None) -> KVCache | FastKVCache:
+    def new_cache(self, batch: int, capacity: int | None = None) -> KVCache | InPlaceKVCache:
         """An empty KV cache for ``batch`` rows of up to ``capacity`` positions."""
         if self.fast:
-            return FastKVCache(self, batch, capacity or self.n_positions)
+            return InPlaceKVCache(self, batch, capacity or self.n_positions)
         return KVCache(self, batch, capacity or self.n_positions)
 
-    def _lease_kv(self, owner: object, batch: int) -> SharedKV:
+    def _lease_kv(self, owner: object, batch: int) -> KVBuffers:
         """Cache buffers for ``batch`` rows, reused from a cache that no longer exists when
         there is one (allocating ~50 MB per row for a 2048-position model each window would
         cost more than the prefill). At most two buffer sets are kept, of the batch size last
@@ -257,9 +264,8 @@ class ModelSession:
                 if kv.owner is None or kv.owner() is None:
                     kv.owner = weakref.ref(owner)
                     return kv
-            kv = SharedKV(
-                self.sess, self.n_layer, self.n_head, self.head_dim, batch, self.n_positions + 1
-            )
+            kv = KVBuffers(self.onnx_session, self.n_layer, self.n_head, self.head_dim, batch,
+                           self.n_positions + 1)
             kv.owner = weakref.ref(owner)
             if len(sets) < 2:
                 sets.append(kv)

@@ -57,7 +57,7 @@ from bandmate.training.onnx_checks import (
     cpu_session,
     quiet_root_logger,
 )
-from bandmate.training.run_io import latest_checkpoint, read_json, write_json
+from bandmate.training.run_folder import latest_checkpoint, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -409,7 +409,7 @@ def resolve_model_source(path: Path, checkpoint: Path | None = None) -> tuple[Pa
     a run folder (its latest checkpoint; older runs too), a checkpoint folder of a run, or a
     Hugging Face model folder (config.json + model.safetensors + codec.json)."""
     from bandmate.training.hf_folder import is_model_folder
-    from bandmate.training.run_io import CKPT_DIR
+    from bandmate.training.run_folder import CKPT_DIR
 
     path = Path(path)
     if checkpoint is not None:

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from bandmate.models.kv_cache import SharedKV
+from bandmate.models.kv_cache import KVBuffers
 from bandmate.models.model_folder import KV_FP32_NAME, KV_INT8_NAME, decode_io_names
 from bandmate.training.onnx_checks import Agreement, ParityError, cpu_session, quiet_root_logger
 
@@ -237,7 +237,7 @@ def _decode_rows(
     logits of every real token (the same thing PyTorch computes in one pass)."""
     cfg = model.config
     b = len(seqs)
-    kv = SharedKV(sess, int(cfg.n_layer), int(cfg.n_head), int(cfg.n_embd) // int(cfg.n_head),
+    kv = KVBuffers(sess, int(cfg.n_layer), int(cfg.n_head), int(cfg.n_embd) // int(cfg.n_head),
                   b, max(len(s) for s in seqs) + 4)
     got: list[list[np.ndarray]] = [[] for _ in range(b)]
     done = np.zeros(b, np.int64)

@@ -21,7 +21,7 @@ from typing import Any
 
 from bandmate.models.config import CodecConfig
 from bandmate.models.vocab import PAD, PIECE_START, SPECIALS, Vocab
-from bandmate.training.run_io import read_json, write_json, write_text_durable
+from bandmate.training.run_folder import read_json, write_json, write_text_durable
 
 CONFIG, GENERATION, WEIGHTS = "config.json", "generation_config.json", "model.safetensors"
 TOKENIZER, TOKENIZER_CONFIG, CODEC = "tokenizer.json", "tokenizer_config.json", "codec.json"

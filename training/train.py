@@ -43,7 +43,7 @@ from bandmate.models.config import CodecConfig
 from bandmate.training import data as D
 from bandmate.training.flops import flops_per_token, peak_tflops
 from bandmate.training.hf_folder import write_hf_files
-from bandmate.training.run_io import read_json, write_json
+from bandmate.training.run_folder import read_json, write_json
 from bandmate.training.train_checkpoint import (
     RunFolderError,
     apply_checkpoint,

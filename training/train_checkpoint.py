@@ -4,7 +4,7 @@ the run folder: which run this is, which checkpoint to resume from, and that the
 Apart from the loop (`bandmate.training.train`) because this is where a run survives a
 crash, a preemption or a node-local disk, and those rules are read and tested on their own
 (tests/training/test_run_folder.py). The folder layout and its atomic writes are
-`bandmate.training.run_io`; this module adds the torch side (weights, optimizer, scaler) and
+`bandmate.training.run_folder`; this module adds the torch side (weights, optimizer, scaler) and
 the cross-rank decisions. It imports nothing from the loop, so the loop depends on it and
 not the other way round.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from bandmate.models.config import CodecConfig
 from bandmate.training.hf_folder import WEIGHTS, write_hf_files
-from bandmate.training.run_io import (
+from bandmate.training.run_folder import (
     checkpoint_candidates,
     checkpoint_dir,
     checkpoint_step,
@@ -51,7 +51,7 @@ def save_checkpoint(
 ) -> Path:
     """model.safetensors (tied lm_head stored once), optim.safetensors, optim.json, the
     Hugging Face files (config, generation config, tokenizer), state.json; then every file
-    and the folder are fsynced and ``latest`` moves (run_io.mark_latest)."""
+    and the folder are fsynced and ``latest`` moves (run_folder.mark_latest)."""
     from safetensors.torch import save_file
 
     ck = checkpoint_dir(run, state["step"])

@@ -17,8 +17,8 @@ from bandmate.models.types import Note, Piece
 from bandmate.ui.controller import AppController, track_names
 from bandmate.ui.jobs import Engine, JobResult, JobSpec, SpecGenerator
 from bandmate.ui.live import LiveLink
-from bandmate.ui.messages import MessageSink
 from bandmate.ui.names import instrument_name
+from bandmate.ui.notices import Notices
 from bandmate.ui.panels import GeneratePanel, StallMeter, StatusPanel
 from bandmate.ui.roll import PianoRoll
 from bandmate.ui.worker import GenerationWorker
@@ -35,9 +35,9 @@ class JobView(QObject):
     idle = pyqtSignal()  # the job ended: buttons may change
 
     def __init__(self, ctl: AppController, roll: PianoRoll, gen: GeneratePanel,
-                 status: StatusPanel, messages: MessageSink, parent: QObject) -> None:
+                 status: StatusPanel, notices: Notices, parent: QObject) -> None:
         super().__init__(parent)
-        self.ctl, self.roll, self.gen, self.status, self.messages = ctl, roll, gen, status, messages
+        self.ctl, self.roll, self.gen, self.status, self.notices = ctl, roll, gen, status, notices
         self.worker: GenerationWorker | None = None
         self.live: LiveJob | None = None  # the live engine's job being drawn
         self.busy = False
@@ -135,7 +135,7 @@ class JobView(QObject):
         self._finish()
         self.roll.model.clear_generated()
         self.roll.refresh()
-        self.messages.error("Generation failed", f"{message}\n\nThe prompt is unchanged. Try "
+        self.notices.error("Generation failed", f"{message}\n\nThe prompt is unchanged. Try "
                             "again, or pick another model (Ctrl+M) if this keeps happening.")
         self.job_finished.emit(None)
 

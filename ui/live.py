@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from bandmate.bridge.facade import Bridge
+from bandmate.bridge.bridge import Bridge
 from bandmate.bridge.live import Generator, LiveConfig, LiveEngine, LiveEvent, LiveJob
 from bandmate.models.types import Piece
 from PyQt6.QtCore import QObject, pyqtSignal

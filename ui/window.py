@@ -4,7 +4,7 @@ The state and its rules are Qt-free: `bandmate.ui.controller.AppController` (mod
 takes, save, clip, preview plan) and `bandmate.ui.connection.MidiConnection` (the bridge);
 the widgets are built in `bandmate.ui.panels`; `bandmate.ui.job_view.JobView` draws a running
 job (a worker's, or the live engine's through `bandmate.ui.live`). What the user can fix goes
-to `self.messages` and the window keeps running.
+to `self.notices` and the window keeps running.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from bandmate.ui.controller import AppController, Refusal, track_names
 from bandmate.ui.job_view import JobView
 from bandmate.ui.jobs import Engine
 from bandmate.ui.live import LiveLink
-from bandmate.ui.messages import MessageSink
 from bandmate.ui.names import add_button_text
+from bandmate.ui.notices import Notices
 from bandmate.ui.panels import VIRTUAL_PORT, GeneratePanel, MidiPanel, StatusPanel, add_menus
 from bandmate.ui.roll import PianoRoll
 from bandmate.ui.settings import AppSettings, load_settings, save_settings
@@ -38,13 +38,13 @@ ICON_PATH = Path(__file__).with_name("bandmate.svg")
 
 
 class MainWindow(QMainWindow):
-    """bandmate's window. Pass ``messages`` / ``store`` / ``engine`` to test it offscreen."""
+    """bandmate's window. Pass ``notices`` / ``store`` / ``engine`` to test it offscreen."""
 
     status_changed = pyqtSignal(str)
     job_finished = pyqtSignal(object)  # JobResult, or None when the job failed (JobView's)
     note_streamed = pyqtSignal(int, int, object)  # take, track, Note (after the roll has it)
 
-    def __init__(self, store: QSettings | None = None, messages: MessageSink | None = None,
+    def __init__(self, store: QSettings | None = None, notices: Notices | None = None,
                  engine: Engine | None = None, model_path: str | None = None,
                  autoload_model: bool = True) -> None:
         super().__init__()
@@ -56,7 +56,7 @@ class MainWindow(QMainWindow):
             self.setWindowIcon(QIcon(str(ICON_PATH)))
         self.setAcceptDrops(True)
         self.store = store if store is not None else QSettings("bandmate", "bandmate")
-        self.messages = messages or MessageSink(self)
+        self.notices = notices or Notices(self)
         self.engine = engine
         self.settings = load_settings(self.store)
         self.ctl = AppController()
@@ -80,7 +80,7 @@ class MainWindow(QMainWindow):
         root = QVBoxLayout(central)
         self.midi, self.gen, self.status = MidiPanel(), GeneratePanel(self.clip_mime), StatusPanel()
         self.roll = PianoRoll()
-        self.jobs = JobView(self.ctl, self.roll, self.gen, self.status, self.messages, self)
+        self.jobs = JobView(self.ctl, self.roll, self.gen, self.status, self.notices, self)
         self.jobs.job_finished.connect(self.job_finished)
         self.jobs.note_streamed.connect(self.note_streamed)
         self.jobs.idle.connect(self._update_buttons)
@@ -112,7 +112,7 @@ class MainWindow(QMainWindow):
         self.resize(1100, 640)
 
     def refuse(self, r: Refusal) -> bool:
-        self.messages.post(r.level, r.title, r.text)
+        self.notices.post(r.level, r.title, r.text)
         return False
 
     # ------------------------------------------------------------------ settings
@@ -231,7 +231,7 @@ class MainWindow(QMainWindow):
 
     def save_dialog(self) -> None:
         if self.current_piece() is None:
-            self.messages.info("Nothing to save", "Open a MIDI file or generate first.")
+            self.notices.info("Nothing to save", "Open a MIDI file or generate first.")
             return
         panels.open_file_dialog(self, "Save as MIDI", self.save_midi, self.settings.last_dir,
                          "MIDI files (*.mid)", save_suffix="mid")
@@ -337,7 +337,7 @@ class MainWindow(QMainWindow):
             return False
         self.midi.connect_btn.setChecked(True)
         if not self.conn.running() and not self.conn.start_internal_clock():
-            self.messages.info("Waiting for the DAW", "The preview plays when your DAW's "
+            self.notices.info("Waiting for the DAW", "The preview plays when your DAW's "
                                "transport runs. Press play there, or choose Clock: Internal "
                                "tempo.")  # fmt: skip
         _, self.playhead_origin = self.conn.preview(clip, first)
@@ -357,7 +357,7 @@ class MainWindow(QMainWindow):
         if self.live_link is not None:
             self.live_link.stop(panic=True)
         elif not self.conn.stop(panic=True):
-            self.messages.info("Panic", "Not connected: no MIDI notes are sounding.")
+            self.notices.info("Panic", "Not connected: no MIDI notes are sounding.")
 
     # ------------------------------------------------------------------ status
     def update_status(self) -> None:

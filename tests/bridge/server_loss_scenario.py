@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the support package
 
 from bandmate.bridge import Bridge, BridgeConfig
-from bandmate.bridge.facade import wait_until
+from bandmate.bridge.bridge import wait_until
 from bandmate.models.types import Note
 from support.dawsim import DawSim, pair_notes
 from support.jackserver import JackServer

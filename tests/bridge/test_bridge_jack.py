@@ -9,7 +9,7 @@ from __future__ import annotations
 import mido
 import pytest
 from bandmate.bridge import Bridge, BridgeConfig
-from bandmate.bridge.facade import wait_until
+from bandmate.bridge.bridge import wait_until
 from bandmate.models.types import Note
 from support.dawsim import DawSim, pair_notes
 

@@ -16,7 +16,7 @@ import time
 
 import mido
 import pytest
-from bandmate.bridge.facade import wait_until
+from bandmate.bridge.bridge import wait_until
 from support.dawsim import DawSim, pair_notes
 
 pytestmark = pytest.mark.jack

@@ -10,9 +10,9 @@ import time
 
 import mido
 import pytest
+from bandmate.bridge.bridge import wait_until
 from bandmate.bridge.capture import Capture, CaptureConfig
 from bandmate.bridge.clock import ns_per_tick
-from bandmate.bridge.facade import wait_until
 from bandmate.bridge.follower import MidiClockFollower
 from bandmate.bridge.live import LiveConfig, LiveEngine, trigger_bar
 from bandmate.bridge.scheduler import Scheduler

@@ -15,7 +15,7 @@ import threading
 import mido
 import pytest
 from bandmate.bridge import Bridge, BridgeConfig
-from bandmate.bridge.facade import wait_until
+from bandmate.bridge.bridge import wait_until
 from bandmate.bridge.jam import JamConfig, JamController
 from bandmate.models.generate import BarDone, Done, NoteEvent
 from bandmate.models.types import Note

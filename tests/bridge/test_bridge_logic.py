@@ -10,9 +10,9 @@ import time
 
 import mido
 import pytest
+from bandmate.bridge.bridge import BridgeConfig, wait_until
 from bandmate.bridge.capture import Capture, CaptureConfig, voice_labels
 from bandmate.bridge.clock import AutoClock, InternalClock, MidiClockFollower, ns_per_tick
-from bandmate.bridge.facade import BridgeConfig, wait_until
 from bandmate.bridge.scheduler import Scheduler, SchedulerConfig
 from bandmate.models.config import CodecConfig
 from bandmate.models.types import Note

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import rtmidi
 from bandmate.bridge import Bridge, BridgeConfig
-from bandmate.bridge.facade import wait_until
+from bandmate.bridge.bridge import wait_until
 from bandmate.bridge.ports import PortError, resolve_api
 from bandmate.models.types import Note
 

@@ -1,4 +1,4 @@
-"""The in-place decode graph path (FastKVCache) on a real tiny export and real ONNX Runtime:
+"""The in-place decode graph path (InPlaceKVCache) on a real tiny export and real ONNX Runtime:
 same logits as the contract graph, uneven rows, buffer reuse, same notes, no repairs."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from bandmate.models import generate as G
 from bandmate.models.codec import decode
 from bandmate.models.midi_io import read_midi
 from bandmate.models.sampler import SamplingConfig
-from bandmate.models.session import ContextFull, FastKVCache, KVCache, ModelError, ModelSession
+from bandmate.models.session import ContextFull, InPlaceKVCache, KVCache, ModelError, ModelSession
 
 CHORALE = Path(__file__).parents[1] / "data" / "jsfakes-0.mid"
 
@@ -44,7 +44,7 @@ def prompt(fast):
 
 def test_load_prefers_the_decode_graph(fast, slow, model_dir):
     assert fast.fast and fast.onnx_file == "model.kv.onnx" and fast.provider == "CPU"
-    assert isinstance(fast.new_cache(1), FastKVCache)
+    assert isinstance(fast.new_cache(1), InPlaceKVCache)
     assert not slow.fast and slow.onnx_file == "model.onnx"
     assert isinstance(slow.new_cache(1), KVCache)
     meta = json.loads((model_dir / "bandmate.json").read_text())

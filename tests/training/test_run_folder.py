@@ -13,7 +13,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from bandmate.training import run_io
+from bandmate.training import run_folder
 from bandmate.training.train import TrainConfig, train
 from support.models import CHORALE_CODEC
 from support.synthetic import write_synthetic_data
@@ -63,20 +63,20 @@ def test_latest_moves_only_after_every_file_and_the_folder_are_fsynced(tmp_path,
         return real_replace(a, b)
 
     run = tmp_path / "run"
-    ck = run_io.checkpoint_dir(run, 5)
+    ck = run_folder.checkpoint_dir(run, 5)
     ck.mkdir(parents=True)
     for name in ("model.safetensors", "optim.safetensors", "state.json"):
         (ck / name).write_bytes(b"x")
-    monkeypatch.setattr(run_io.os, "fsync", fsync)
-    monkeypatch.setattr(run_io.os, "replace", replace)
-    run_io.mark_latest(run, ck)
+    monkeypatch.setattr(run_folder.os, "fsync", fsync)
+    monkeypatch.setattr(run_folder.os, "replace", replace)
+    run_folder.mark_latest(run, ck)
     latest = str(run / "checkpoints" / "latest")
     moved = events.index(("replace", latest))
     synced = {path for kind, path in events[:moved] if kind == "fsync"}
     assert {str(p) for p in ck.iterdir()} | {str(ck)} <= synced
     assert ("fsync", latest + ".tmp") in events[:moved]  # the pointer's own content
     assert ("fsync", str(run / "checkpoints")) in events[moved:]  # and its rename
-    assert run_io.latest_checkpoint(run) == ck
+    assert run_folder.latest_checkpoint(run) == ck
 
 
 def test_resume_falls_back_to_the_previous_checkpoint_when_the_newest_is_truncated(
@@ -84,7 +84,8 @@ def test_resume_falls_back_to_the_previous_checkpoint_when_the_newest_is_truncat
 ):
     run = tmp_path / "run"
     train(data_dir, run, _cfg(10), progress=False)
-    assert [p.name for p in run_io.checkpoint_candidates(run)] == ["step-0000010", "step-0000005"]
+    names = [p.name for p in run_folder.checkpoint_candidates(run)]
+    assert names == ["step-0000010", "step-0000005"]
     newest = run / "checkpoints" / "step-0000010" / "model.safetensors"
     newest.write_bytes(newest.read_bytes()[:100])  # a crash after a write the disk lost
     with caplog.at_level(logging.WARNING):
@@ -94,9 +95,10 @@ def test_resume_falls_back_to_the_previous_checkpoint_when_the_newest_is_truncat
     log = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in log if r["event"] == "train"]
     assert steps == list(range(1, 13))  # steps 6-10 redone once, from step 5's state
-    assert run_io.latest_checkpoint(run).name == "step-0000012"
+    assert run_folder.latest_checkpoint(run).name == "step-0000012"
     # Every step is readable again, and no stale folder is left to be picked later.
-    assert [p.name for p in run_io.checkpoint_candidates(run)] == ["step-0000012", "step-0000010"]
+    names = [p.name for p in run_folder.checkpoint_candidates(run)]
+    assert names == ["step-0000012", "step-0000010"]
 
 
 def test_exit_status_is_0_only_when_finished_and_75_when_stopped(data_dir, tmp_path):
@@ -106,7 +108,7 @@ def test_exit_status_is_0_only_when_finished_and_75_when_stopped(data_dir, tmp_p
     # A time limit that has passed after the first step: saved, unfinished, 75.
     limited = ["train", str(data_dir), "-o", str(tmp_path / "b"), *common]
     assert cli_main([*limited, "--max-steps", "500", "--time-limit-min", "1e-9"]) == 75
-    assert run_io.latest_checkpoint(tmp_path / "b").name == "step-0000001"
+    assert run_folder.latest_checkpoint(tmp_path / "b").name == "step-0000001"
     # --auto-resume continues it (and would have started it); finishing gives 0.
     resume = [*limited, "--max-steps", "3", "--time-limit-min", "60", "--auto-resume"]
     assert cli_main(resume) == 0
@@ -119,7 +121,7 @@ def test_checkpoints_and_the_finished_run_load_with_hugging_face(finished_run):
     from bandmate.training.export import load_run_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    ck = run_io.latest_checkpoint(finished_run)
+    ck = run_folder.latest_checkpoint(finished_run)
     ours, _ = load_run_model(finished_run)
     text = (
         "PIECE_START TRACK_START INST=BASS DENSITY=1 BAR_START NOTE_ON=40 TIME_DELTA=4 "
@@ -150,7 +152,7 @@ _RANKS = textwrap.dedent(
     from pathlib import Path
     import torch
     from bandmate.training import train as T
-    from bandmate.training.run_io import checkpoint_dir
+    from bandmate.training.run_folder import checkpoint_dir
 
     base = Path(sys.argv[1])
     dist = T.setup_dist("cpu")
@@ -240,7 +242,7 @@ def test_runs_of_the_older_layout_resume_and_export_and_any_model_folder_exports
     assert main(["export", str(old), "-o", str(tmp_path / "m_old"), "--no-kv"]) == 0
     # A checkpoint folder copied anywhere is a model folder export takes as it is.
     hf = tmp_path / "hf"
-    shutil.copytree(run_io.latest_checkpoint(finished_run), hf)
+    shutil.copytree(run_folder.latest_checkpoint(finished_run), hf)
     assert main(["export", str(hf), "-o", str(tmp_path / "m_hf"), "--no-kv"]) == 0
     a = json.loads((tmp_path / "m_old" / "bandmate.json").read_text())
     b = json.loads((tmp_path / "m_hf" / "bandmate.json").read_text())
@@ -249,4 +251,4 @@ def test_runs_of_the_older_layout_resume_and_export_and_any_model_folder_exports
     # The older run resumes with this version, and its new checkpoints are model folders.
     s = train(data_dir, old, _cfg(12), resume=True, progress=False)
     assert s["finished"] and s["steps"] == 12
-    assert (run_io.latest_checkpoint(old) / "config.json").is_file()
+    assert (run_folder.latest_checkpoint(old) / "config.json").is_file()

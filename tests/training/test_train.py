@@ -18,7 +18,7 @@ import torch
 from bandmate.models.vocab import PAD, PIECE_START
 from bandmate.training import data as D
 from bandmate.training.flops import flops_per_token, peak_tflops
-from bandmate.training.run_io import latest_checkpoint
+from bandmate.training.run_folder import latest_checkpoint
 from bandmate.training.train import TrainConfig, lr_at, resolve_precision, train
 from support.models import CHORALE_CODEC
 from support.synthetic import write_synthetic_data

@@ -33,11 +33,11 @@ def store(tmp_path):
 @pytest.fixture
 def make_window(qtbot):
     """Build a window offscreen (message boxes off) and wait until its model has loaded."""
-    from bandmate.ui.messages import MessageSink
+    from bandmate.ui.notices import Notices
     from bandmate.ui.window import MainWindow
 
     def make(store, model) -> MainWindow:
-        w = MainWindow(store=store, messages=MessageSink(show_boxes=False), model_path=str(model))
+        w = MainWindow(store=store, notices=Notices(show_boxes=False), model_path=str(model))
         qtbot.addWidget(w)
         w.show()
         qtbot.waitUntil(lambda: w.ctl.session is not None or bool(w.ctl.model_error),

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import mido
 import pytest
-from bandmate.bridge.facade import wait_until
+from bandmate.bridge.bridge import wait_until
 from bandmate.bridge.live import channel_for_track
 from bandmate.models.midi_io import read_midi
 from bandmate.models.types import STEPS_PER_BAR
@@ -48,7 +48,7 @@ def test_live_continue_from_next_bar_line_then_stop(
     w.midi.clock_box.setCurrentIndex(w.midi.clock_box.findData("daw"))
     w.gen.bars_box.setCurrentIndex(w.gen.bars_box.findData(4))
     w.midi.connect_btn.click()
-    assert w.conn.bridge is not None, w.messages.messages
+    assert w.conn.bridge is not None, w.notices.items
     daw = DawSim("bandmate in", "bandmate out", name="ui daw")
     try:
         prompt = read_midi(CHORALE, w.ctl.session.config).slice_bars(0, 4)
@@ -127,10 +127,10 @@ def test_preview_plays_the_clip_on_the_internal_clock(
     sent = sorted((t.channel, n.pitch, n.start) for t in clip.tracks for n in t.notes)
     assert sent
     w.midi.connect_btn.click()
-    assert w.conn.bridge is not None, w.messages.messages
+    assert w.conn.bridge is not None, w.notices.items
     daw = DawSim("bandmate in", "bandmate out", name="ui listener")
     try:
-        assert w.preview(), w.messages.messages
+        assert w.preview(), w.notices.items
         assert w.playhead_origin is not None
         assert wait_until(lambda: w.conn.bridge.scheduler.pending == 0, 15)
         assert wait_until(lambda: not pair_notes(daw.messages())[1], 3)

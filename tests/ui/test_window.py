@@ -8,7 +8,7 @@ import pytest
 from bandmate.models.midi_io import read_midi, write_midi
 from bandmate.models.types import Piece
 from bandmate.ui.jobs import JobResult
-from bandmate.ui.messages import MessageSink
+from bandmate.ui.notices import Notices
 from bandmate.ui.window import MainWindow
 
 CHORALE = Path(__file__).parents[1] / "data" / "jsfakes-0.mid"
@@ -17,15 +17,15 @@ CHORALE = Path(__file__).parents[1] / "data" / "jsfakes-0.mid"
 @pytest.fixture
 def window(make_window, store, model_dir) -> MainWindow:
     w = make_window(store, model_dir)
-    assert w.ctl.session is not None, w.messages.messages
+    assert w.ctl.session is not None, w.notices.items
     w.ctl.seed = 1
     return w
 
 
 def run_job(qtbot, w: MainWindow, kind: str) -> JobResult:
     with qtbot.waitSignal(w.job_finished, timeout=120_000) as blocker:
-        assert w.generate(kind), w.messages.messages
-    assert blocker.args[0] is not None, w.messages.messages
+        assert w.generate(kind), w.notices.items
+    assert blocker.args[0] is not None, w.notices.items
     return blocker.args[0]
 
 
@@ -124,11 +124,11 @@ def test_corrupt_and_missing_files_are_refused(qtbot, window, tmp_path):
     bad = tmp_path / "broken.mid"
     bad.write_bytes(b"MThd\x00\x00\x00\x06\x00\x01\x00\x02\x01\xe0MTrk\xff\xff\xff\xffgarbage")
     assert not w.open_midi(bad)
-    msg = w.messages.last()
+    msg = w.notices.last()
     assert msg.level == "error" and "broken.mid" in msg.text and "Open another file" in msg.text
     assert w.ctl.prompt is before
     assert not w.open_midi(tmp_path / "missing.mid")
-    assert "Pick another file" in w.messages.last().text
+    assert "Pick another file" in w.notices.last().text
     text = tmp_path / "notes.mid"
     text.write_text("this is not MIDI")
     assert not w.open_midi(text)
@@ -139,10 +139,10 @@ def test_corrupt_and_missing_files_are_refused(qtbot, window, tmp_path):
 def test_no_model_is_explained(make_window, store, tmp_path):
     w = make_window(store, tmp_path / "no-such-model")
     assert w.ctl.session is None
-    assert w.messages.last().title == "No model" and "Ctrl+M" in w.messages.last().text
+    assert w.notices.last().title == "No model" and "Ctrl+M" in w.notices.last().text
     assert w.open_midi(CHORALE)
     assert not w.generate("continue")
-    assert "Choose model" in w.messages.last().text
+    assert "Choose model" in w.notices.last().text
     assert "no model" in w.status.label.text()
 
 
@@ -155,7 +155,7 @@ def test_settings_persist(qtbot, make_window, store, model_dir):
     w.midi.tempo_spin.setValue(96)
     w.gen.inst_box.setCurrentIndex(w.gen.inst_box.findData("TENOR"))
     w.close()
-    w2 = MainWindow(store=store, messages=MessageSink(show_boxes=False), autoload_model=False)
+    w2 = MainWindow(store=store, notices=Notices(show_boxes=False), autoload_model=False)
     qtbot.addWidget(w2)
     s = w2.settings
     assert (s.bars, s.temperature, s.variations, s.clock_source, s.tempo) == (
@@ -172,7 +172,7 @@ def test_port_failure_is_explained(qtbot, window, monkeypatch):
     w.midi.api_box.setCurrentText("jack")
     w.midi.connect_btn.click()
     assert w.conn.bridge is None and not w.midi.connect_btn.isChecked()
-    msg = w.messages.last()
+    msg = w.notices.last()
     assert msg.title == "MIDI port failed" and "press Connect again" in msg.text
     assert w.open_midi(CHORALE)  # still usable
 

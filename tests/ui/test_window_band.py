@@ -7,7 +7,7 @@ from __future__ import annotations
 import mido
 from bandmate.models.midi_io import write_midi
 from bandmate.models.types import DRUM_CHANNEL, Note, Piece, Track
-from bandmate.ui.messages import MessageSink
+from bandmate.ui.notices import Notices
 from bandmate.ui.window import MainWindow
 
 
@@ -24,7 +24,7 @@ def band_file(path) -> None:
 
 def test_add_drums_to_a_band_file(qtbot, make_window, store, band_model_dir, tmp_path):
     w = make_window(store, band_model_dir)
-    assert w.ctl.session is not None, w.messages.messages
+    assert w.ctl.session is not None, w.notices.items
     w.ctl.seed = 1
     box = w.gen.inst_box
     names = [box.itemText(i) for i in range(box.count()) if box.itemData(i)]
@@ -38,9 +38,9 @@ def test_add_drums_to_a_band_file(qtbot, make_window, store, band_model_dir, tmp
     box.setCurrentIndex(box.findData("DRUMS"))
     assert w.gen.add_btn.text() == "Add Drums"
     with qtbot.waitSignal(w.job_finished, timeout=120_000) as blocker:
-        assert w.generate("add"), w.messages.messages
+        assert w.generate("add"), w.notices.items
     result = blocker.args[0]
-    assert result is not None and not result.cancelled, w.messages.messages
+    assert result is not None and not result.cancelled, w.notices.items
     take = result.takes[0]
     drums = take.tracks[2]
     assert drums.inst == "DRUMS" and drums.channel == DRUM_CHANNEL
@@ -70,7 +70,7 @@ def test_the_model_picker_lists_shipped_models_and_remembers(qtbot, make_window,
     assert [w.gen.inst_box.itemText(i) for i in range(w.gen.inst_box.count())] == [
         "Soprano", "Alto", "Tenor", "Bass"]
     w.close()
-    w2 = MainWindow(store=store, messages=MessageSink(show_boxes=False), autoload_model=False)
+    w2 = MainWindow(store=store, notices=Notices(show_boxes=False), autoload_model=False)
     qtbot.addWidget(w2)
     assert w2.settings.model_dir == "default" and w2.gen.model_box.currentData() == "default"
     assert w2.gen.temp_spin.value() == 0.6
@@ -95,7 +95,7 @@ def test_a_model_with_its_own_sampling_sets_the_temperature(qtbot, make_window, 
     w.gen.temp_spin.setValue(0.8)
     w.save_settings()
     w.close()
-    w2 = MainWindow(store=store, messages=MessageSink(show_boxes=False))
+    w2 = MainWindow(store=store, notices=Notices(show_boxes=False))
     qtbot.addWidget(w2)
     qtbot.waitUntil(lambda: w2.ctl.session is not None, timeout=60_000)
     assert w2.gen.temp_spin.value() == 0.8

@@ -19,7 +19,7 @@ from midi_song import END, END_44, TPQ, assert_originals_kept, notes, song
 @pytest.fixture
 def window(make_window, store, model_dir) -> MainWindow:
     w = make_window(store, model_dir)
-    assert w.ctl.session is not None, w.messages.messages
+    assert w.ctl.session is not None, w.notices.items
     w.ctl.seed = 1
     return w
 
@@ -31,8 +31,8 @@ def src(tmp_path) -> Path:
 
 def run_job(qtbot, w: MainWindow, kind: str):
     with qtbot.waitSignal(w.job_finished, timeout=120_000) as blocker:
-        assert w.generate(kind), w.messages.messages
-    assert blocker.args[0] is not None, w.messages.messages
+        assert w.generate(kind), w.notices.items
+    assert blocker.args[0] is not None, w.notices.items
     return blocker.args[0]
 
 
@@ -77,7 +77,7 @@ def test_save_and_clip_keep_the_users_file(qtbot, window, src, tmp_path):
     assert {v for *_, v in new} != {80}
     # never over the opened file
     assert not w.save_midi(src)
-    assert "is the input file" in w.messages.messages[-1].text
+    assert "is the input file" in w.notices.items[-1].text
     assert src.read_bytes() == before
     mime = w.clip_mime()
     clip = Path(mime.urls()[0].toLocalFile())
@@ -100,7 +100,7 @@ def test_meter_assume_4_4(window, src, tmp_path):
     m.tracks[0] = mido.MidiTrack([mido.MetaMessage("time_signature", numerator=3, denominator=4)])
     m.save(waltz)
     assert not w.open_midi(waltz)
-    assert "--meter assume-4/4" in w.messages.messages[-1].text
+    assert "--meter assume-4/4" in w.notices.items[-1].text
     w.ctl.meter = "assume-4/4"
     assert w.open_midi(waltz)
 

@@ -1,9 +1,9 @@
 """``Bridge``: ports + clock + capture + scheduler wired together, with a port watcher.
 
-Why a facade: the app and ``bandmate jam`` need the same wiring and the same safety (note-offs
+Why one object: the app and ``bandmate jam`` need the same wiring and the same safety (note-offs
 on every exit path); keeping it here means neither can forget a step. The parts stay separate
 objects (``bridge.clock``, ``bridge.capture``, ``bridge.scheduler``) for tests and for code
-that needs more than the facade offers.
+that needs more than the Bridge offers.
 """
 
 from __future__ import annotations

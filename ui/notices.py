@@ -1,8 +1,9 @@
-"""Where the app's messages to the user go: a list anyone can read, plus a non-blocking box.
+"""Where the app's notices to the user go (not MIDI messages): a list anyone can read, plus
+a non-blocking box.
 
 Every failure the user can fix (no model, a port that will not open, a corrupt MIDI file) goes
 through here. Boxes are opened with ``open()``, never ``exec()``, so no code path waits on a
-modal loop; tests switch the boxes off and read ``messages``.
+modal loop; tests switch the boxes off and read ``items``.
 """
 
 from __future__ import annotations
@@ -17,14 +18,14 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Message:
+class Notice:
     level: str  # "info" | "warning" | "error"
     title: str
     text: str
 
 
-class MessageSink(QObject):
-    """Collects messages, logs one line each, and shows them when ``show_boxes`` is on."""
+class Notices(QObject):
+    """Collects notices, logs one line each, and shows them when ``show_boxes`` is on."""
 
     posted = pyqtSignal(object)
 
@@ -32,12 +33,12 @@ class MessageSink(QObject):
         super().__init__(parent)
         self.parent_widget = parent
         self.show_boxes = show_boxes
-        self.messages: list[Message] = []
+        self.items: list[Notice] = []
         self._boxes: list[QMessageBox] = []
 
     def post(self, level: str, title: str, text: str) -> None:
-        msg = Message(level, title, text)
-        self.messages.append(msg)
+        msg = Notice(level, title, text)
+        self.items.append(msg)
         getattr(log, "info" if level == "info" else level)("%s: %s", title, text)
         self.posted.emit(msg)
         if self.show_boxes:
@@ -61,5 +62,5 @@ class MessageSink(QObject):
     def info(self, title: str, text: str) -> None:
         self.post("info", title, text)
 
-    def last(self) -> Message | None:
-        return self.messages[-1] if self.messages else None
+    def last(self) -> Notice | None:
+        return self.items[-1] if self.items else None
