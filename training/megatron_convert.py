@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from bandmate.models.model_folder import ModelDims, gpt2_config
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,6 @@ def megatron_to_hf(
     layernorm_eps: float = 1e-5,
 ) -> tuple[Any, dict[str, torch.Tensor]]:
     """(GPT2Config, GPT2LMHeadModel state dict) from a megatron-core GPTModel state dict."""
-    from transformers import GPT2Config
 
     sd = {k.removeprefix("module."): v for k, v in sd.items() if not k.endswith("_extra_state")}
     if "output_layer.weight" in sd and not torch.equal(
@@ -160,21 +160,9 @@ def megatron_to_hf(
             o + "mlp.c_proj.weight": sd[m + "mlp.linear_fc2.weight"].t(),
             o + "mlp.c_proj.bias": sd[m + "mlp.linear_fc2.bias"],
         }
-    cfg = GPT2Config(
-        vocab_size=vocab_size,
-        n_positions=int(wpe.shape[0]),
-        n_embd=h,
-        n_layer=len(layers),
-        n_head=n_head,
-        activation_function={"tanh": "gelu_new", "exact": "gelu"}[gelu],
-        layer_norm_epsilon=layernorm_eps,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        bos_token_id=2,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
+    cfg = gpt2_config(ModelDims(len(layers), n_head, h, int(wpe.shape[0]), vocab_size))
+    cfg.activation_function = {"tanh": "gelu_new", "exact": "gelu"}[gelu]
+    cfg.layer_norm_epsilon = layernorm_eps
     return cfg, {k: v.detach().float().contiguous() for k, v in out.items()}
 
 

@@ -19,9 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from bandmate.models.config import CodecConfig
-
-#: The ONNX graphs of a model folder that hold every weight, best first.
-_GRAPHS = ("model.onnx", "model.int8.onnx")
+from bandmate.models.model_folder import META_NAME, ModelDescription
 
 
 def resolve_init(spec: str) -> Path:
@@ -48,17 +46,16 @@ def read_init_weights(folder: Path) -> tuple[dict[str, torch.Tensor], CodecConfi
 
         codec = CodecConfig.from_json(json.loads((folder / "codec.json").read_text()))
         return load_file(str(folder / "model.safetensors")), codec, "a run's final fp32 weights"
-    meta_path = folder / "bandmate.json"
-    if not meta_path.exists():
+    if not (folder / META_NAME).exists():
         raise FileNotFoundError(
             f"{folder} is neither a finished run (model.safetensors) nor a model folder "
-            "(bandmate.json)"
+            f"({META_NAME})"
         )
-    codec = CodecConfig.from_json(json.loads(meta_path.read_text())["codec"])
-    for name in _GRAPHS:
-        if (folder / name).exists():
-            return _onnx_weights(folder / name), codec, f"{name} ({_kind(name)})"
-    raise FileNotFoundError(f"{folder} holds none of {_GRAPHS}: export it with its full graph")
+    desc = ModelDescription.read(folder)
+    for name in (desc.graph("fp32"), desc.graph("int8")):
+        if name and (folder / name).exists():
+            return _onnx_weights(folder / name), desc.codec, f"{name} ({_kind(name)})"
+    raise FileNotFoundError(f"{folder} has no fp32 or int8 graph to read weights from")
 
 
 def _kind(name: str) -> str:
