@@ -8,12 +8,11 @@ from bandmate.bridge.capture import Capture, CaptureConfig, voice_labels
 from bandmate.bridge.clock import (
     TICKS_PER_BAR,
     TICKS_PER_STEP,
-    AutoClock,
     ClockSource,
     ClockState,
     InternalClock,
 )
-from bandmate.bridge.follower import MidiClockFollower
+from bandmate.bridge.follower import AutoClock, MidiClockFollower
 from bandmate.bridge.ports import PortError, list_ports, resolve_api
 from bandmate.bridge.scheduler import Scheduler, SchedulerConfig
 

@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass, field
 import mido
 import rtmidi
 from bandmate.bridge.capture import Capture, CaptureConfig
-from bandmate.bridge.clock import AutoClock, InternalClock
-from bandmate.bridge.follower import MidiClockFollower
+from bandmate.bridge.clock import InternalClock
+from bandmate.bridge.follower import AutoClock, MidiClockFollower
 from bandmate.bridge.ports import (
     API_CHOICES,
     InputPort,

@@ -18,8 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-import mido
-
 log = logging.getLogger(__name__)
 
 PPQN = 24
@@ -145,57 +143,3 @@ class InternalClock(_Listeners):
             st = self._st
         self._emit("position", st)
 
-
-class AutoClock(_Listeners):
-    """The internal clock until the DAW's clock shows up, then the DAW's.
-
-    Why: a user with no clock routed still gets a steady grid at ``tempo``; once the DAW
-    sends Start/Continue/Song Position, the follower takes over for good.
-    """
-
-    def __init__(self, tempo: float = 120.0, vanish_ticks: int | None = None) -> None:
-        from bandmate.bridge.follower import VANISH_TICKS, MidiClockFollower
-
-        super().__init__()
-        self.internal = InternalClock(tempo)
-        self.follower = MidiClockFollower(tempo, vanish_ticks=vanish_ticks or VANISH_TICKS)
-        self._use_follower = False
-        self.internal.add_listener(self._from_internal)
-        self.follower.add_listener(self._from_follower)
-
-    def _from_internal(self, event: str, st: ClockState) -> None:
-        if not self._use_follower:
-            self._emit(event, st)
-
-    def _from_follower(self, event: str, st: ClockState) -> None:
-        if not self._use_follower:
-            self._use_follower = True
-            log.info("MIDI clock from the DAW: following it (internal clock off)")
-        self._emit(event, st)
-
-    def feed(self, msg: mido.Message, t_ns: int) -> bool:
-        return self.follower.feed(msg, t_ns)
-
-    def check(self, now_ns: int) -> bool:
-        return self._use_follower and self.follower.check(now_ns)
-
-    def state(self) -> ClockState:
-        return self.follower.state() if self._use_follower else self.internal.state()
-
-    @property
-    def following(self) -> bool:
-        return self._use_follower
-
-    @property
-    def lost_ticks(self) -> int:
-        return self.follower.lost_ticks
-
-
-def __getattr__(name: str) -> object:
-    """``MidiClockFollower`` lives in ``bandmate.bridge.follower`` (it needs this module's
-    types); importing it from here still works."""
-    if name == "MidiClockFollower":
-        from bandmate.bridge import follower
-
-        return follower.MidiClockFollower
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -24,6 +24,9 @@ follow, the way a listener would:
   stops (event ``lost``), so output is silenced and nothing is sent on extrapolated time; only
   Start, Continue or Song Position make it run again.
 
+`AutoClock` (the internal clock until the DAW's shows up) lives here too, beside the follower
+it hands over to, so that ``clock`` needs nothing from this module.
+
 Times are ``time.perf_counter_ns()``; ticks are MIDI clocks (24 per quarter note).
 """
 
@@ -42,6 +45,7 @@ from bandmate.bridge.clock import (
     PPQN,
     TICKS_PER_STEP,
     ClockState,
+    InternalClock,
     _Listeners,
 )
 
@@ -415,3 +419,47 @@ def _lsq(pts: list[tuple[int, int]]) -> tuple[float, float] | None:
     sxy = sum((k - mk) * (t - mt) for k, t in pts)
     b = sxy / sxx
     return mt - b * mk, b
+
+
+class AutoClock(_Listeners):
+    """The internal clock until the DAW's clock shows up, then the DAW's.
+
+    Why: a user with no clock routed still gets a steady grid at ``tempo``; once the DAW
+    sends Start/Continue/Song Position, the follower takes over for good.
+    """
+
+    def __init__(self, tempo: float = 120.0, vanish_ticks: int | None = None) -> None:
+        super().__init__()
+        self.internal = InternalClock(tempo)
+        self.follower = MidiClockFollower(tempo, vanish_ticks=vanish_ticks or VANISH_TICKS)
+        self._use_follower = False
+        self.internal.add_listener(self._from_internal)
+        self.follower.add_listener(self._from_follower)
+
+    def _from_internal(self, event: str, st: ClockState) -> None:
+        if not self._use_follower:
+            self._emit(event, st)
+
+    def _from_follower(self, event: str, st: ClockState) -> None:
+        if not self._use_follower:
+            self._use_follower = True
+            log.info("MIDI clock from the DAW: following it (internal clock off)")
+        self._emit(event, st)
+
+    def feed(self, msg: mido.Message, t_ns: int) -> bool:
+        return self.follower.feed(msg, t_ns)
+
+    def check(self, now_ns: int) -> bool:
+        return self._use_follower and self.follower.check(now_ns)
+
+    def state(self) -> ClockState:
+        return self.follower.state() if self._use_follower else self.internal.state()
+
+    @property
+    def following(self) -> bool:
+        return self._use_follower
+
+    @property
+    def lost_ticks(self) -> int:
+        return self.follower.lost_ticks
+

@@ -12,7 +12,8 @@ import mido
 import pytest
 from bandmate.bridge.bridge import BridgeConfig, wait_until
 from bandmate.bridge.capture import Capture, CaptureConfig, voice_labels
-from bandmate.bridge.clock import AutoClock, InternalClock, MidiClockFollower, ns_per_tick
+from bandmate.bridge.clock import InternalClock, ns_per_tick
+from bandmate.bridge.follower import AutoClock, MidiClockFollower
 from bandmate.bridge.scheduler import Scheduler, SchedulerConfig
 from bandmate.models.config import CodecConfig
 from bandmate.models.types import Note
