@@ -41,8 +41,6 @@ from bandmate.training.corpus.samples import (
     label_counts,
 )
 from bandmate.training.corpus.units import (
-    CRASH_ENV,
-    HANG_ENV,
     RunContext,
     process_file,
     run_chunk,
@@ -51,11 +49,9 @@ from bandmate.training.corpus.units import encode_source as _process_file
 from bandmate.training.shards import atomic_write_bytes
 
 __all__ = [
-    "CRASH_ENV",
     "DEFAULT_FILE_TIMEOUT",
     "EXCLUDED_REASON",
     "FORMATS",
-    "HANG_ENV",
     "MAX_TRACK_BARS",
     "SPLIT_BY",
     "WORK",

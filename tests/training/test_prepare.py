@@ -19,8 +19,6 @@ from bandmate.models.midi_io import read_midi_segments, write_midi
 from bandmate.models.types import DRUM_CHANNEL, Note, Piece, Track
 from bandmate.models.vocab import DENSITY0, PIECE_START, Vocab
 from bandmate.training.prepare import (
-    CRASH_ENV,
-    HANG_ENV,
     PrepareConfig,
     density_edges_from_hist,
     encode_file,
@@ -28,6 +26,7 @@ from bandmate.training.prepare import (
     select_shard,
 )
 from bandmate.training.shards import open_split
+from support import faults
 
 from bandmate.cli import main
 
@@ -370,16 +369,15 @@ def test_shard_parts_are_disjoint_and_complete(corpus, tmp_path):
     assert sum(totals) == int(expect["total"][0])
 
 
-def test_worker_crash_skips_only_that_file(corpus, tmp_path, monkeypatch):
+def test_worker_crash_skips_only_that_file(corpus, tmp_path):
     """A worker that dies (as on a crash in C++ code) costs only the file it was on."""
     src, _ = corpus
-    monkeypatch.setenv(CRASH_ENV, "r3.MID")
     out = tmp_path / "crash"
-    assert run_cli(src, "-o", out, "--workers", 2, "--chunk-files", 2) == 0
+    with faults.injected(crash="r3.MID"):
+        assert run_cli(src, "-o", out, "--workers", 2, "--chunk-files", 2) == 0
     m = json.loads((out / "manifest.json").read_text())
     skipped = {Path(s["path"]).name: s["reason"] for s in m["skipped"]}
     assert "crashed" in skipped["r3.MID"]
-    monkeypatch.delenv(CRASH_ENV)
     ref = tmp_path / "ref"
     assert run_cli(src, "-o", ref, "--workers", 2, "--chunk-files", 2) == 0
     mr = json.loads((ref / "manifest.json").read_text())
@@ -388,18 +386,17 @@ def test_worker_crash_skips_only_that_file(corpus, tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(not hasattr(__import__("signal"), "setitimer"), reason="POSIX timers")
-def test_a_file_that_never_finishes_is_skipped_after_the_timeout(corpus, tmp_path, monkeypatch):
+def test_a_file_that_never_finishes_is_skipped_after_the_timeout(corpus, tmp_path):
     """A parser stuck on a damaged file would stall the batch for ever: the file is given
     up after --file-timeout, reported with that reason, and the rest is prepared."""
     src, _ = corpus
-    monkeypatch.setenv(HANG_ENV, "r3.MID")
     out = tmp_path / "hang"
     argv = ("--workers", 2, "--chunk-files", 2)
-    assert run_cli(src, "-o", out, *argv, "--file-timeout", 0.5) == 0
+    with faults.injected(hang="r3.MID"):
+        assert run_cli(src, "-o", out, *argv, "--file-timeout", 0.5) == 0
     m = json.loads((out / "manifest.json").read_text())
     skipped = {Path(s["path"]).name: s["reason"] for s in m["skipped"]}
     assert "--file-timeout" in skipped["r3.MID"]
-    monkeypatch.delenv(HANG_ENV)
     ref = tmp_path / "ref"
     assert run_cli(src, "-o", ref, *argv) == 0
     mr = json.loads((ref / "manifest.json").read_text())

@@ -19,6 +19,7 @@ import pytest
 from bandmate.models.midi_io import write_midi
 from bandmate.training import prepare as P
 from bandmate.training.corpus import merge as corpus_merge
+from support import faults
 
 from bandmate.cli import main
 
@@ -44,9 +45,11 @@ def _args(src: Path, out: Path, workers: int) -> list[str]:
     ]  # fmt: skip
 
 
-def _start(src: Path, out: Path, env: dict | None = None) -> subprocess.Popen:
+def _start(src: Path, out: Path, hang: str | None = None) -> subprocess.Popen:
+    """`bandmate prepare` in its own process; ``hang``: a file that never finishes reading."""
+    argv, env = faults.command(*_args(src, out, 2), hang=hang)
     return subprocess.Popen(
-        [sys.executable, "-m", "bandmate", *_args(src, out, 2)],
+        argv if hang else [sys.executable, "-m", "bandmate", *_args(src, out, 2)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         start_new_session=True,  # its own process group: the kill takes the workers too
@@ -180,8 +183,7 @@ def test_ctrl_c_stops_the_workers_and_the_run_resumes(corpus, tmp_path):
     # The last file never finishes reading (the fault injection of a stuck parser; the file
     # timeout is 120 s), so the run cannot end before the Ctrl-C lands however fast the
     # other files go: the test waits for a state (units on disk), never for time.
-    env = {**os.environ, P.HANG_ENV: f"f{N_FILES - 1:03d}.mid"}
-    proc = _start(corpus, out, env)
+    proc = _start(corpus, out, hang=f"f{N_FILES - 1:03d}.mid")
     _wait_for_units(proc, out, 3)
     assert proc.poll() is None
     workers = _children(proc.pid)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,12 +40,6 @@ from bandmate.training.corpus.samples import (
     encode_file,
     label_counts,
 )
-
-#: Fault injection for the crash-isolation test: a worker whose file path contains this
-#: environment variable's value exits abruptly, as a crash in the C++ parser would.
-CRASH_ENV = "BANDMATE_PREPARE_TEST_CRASH"
-#: The same for a file that never finishes reading (a parser stuck in a loop).
-HANG_ENV = "BANDMATE_PREPARE_TEST_HANG"
 
 
 @dataclass(frozen=True)
@@ -78,6 +71,8 @@ def process_file(
     exception could stop it; the parent sees the worker killed by SIGALRM and skips the file
     with the reason.
     """
+    # encode_source is looked up at call time: the crash-isolation tests wrap it
+    # (tests/support/faults.py) before the workers fork.
     if not file_timeout or not hasattr(signal, "setitimer"):
         return encode_source(f, cfg)
     signal.setitimer(signal.ITIMER_REAL, file_timeout)
@@ -89,12 +84,6 @@ def process_file(
 
 def encode_source(f: SourceFile, cfg: PrepareConfig) -> FileResult:
     """`process_file` without the timer: read, digest, exclude, split, encode, count labels."""
-    crash = os.environ.get(CRASH_ENV)
-    if crash and crash in f.path:
-        os._exit(70)
-    hang = os.environ.get(HANG_ENV)
-    if hang and hang in f.path:
-        time.sleep(3600)
     try:
         with open(f.abspath, "rb") as fh:
             data = fh.read()
