@@ -375,6 +375,11 @@ def render(
         f"{_f((summary.get('wall_s') or 0) / 60, 1)} minutes of the last session, "
         f"~{_f(summary.get('tokens_per_s'), 0)} tokens/s at the end.",
         f"- Finished its schedule: {'yes' if summary.get('finished') else 'NO (stopped early)'}.",
+        *(
+            [f"- Started from the weights of `{cfg['init_from']}` (`--init-from`), not a "
+             "random initialisation: the figures above count this run's steps only."]
+            if cfg.get("init_from") else []
+        ),
         "",
         "## Results",
         "",

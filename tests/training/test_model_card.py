@@ -45,3 +45,12 @@ def test_band_card_credits_only_the_collections_it_was_prepared_from():
     assert "POP909" not in text and "Music X Lab" not in text and "pop songs" not in text
     meta["training"]["manifest"]["config"]["sources"].append("/elsewhere/my-midi")
     assert "Music X Lab" in default_attribution(meta)  # an unknown source: every notice
+
+
+def test_a_warm_started_run_says_what_it_started_from():
+    meta = _meta("gm-family")
+    text = render(meta, {}, {"init_from": "band"}, {}, {"model.int8.onnx": 1}, "cmd",
+                  default_attribution(meta))
+    assert "Started from the weights of `band` (`--init-from`)" in text
+    plain = render(meta, {}, {}, {}, {"model.int8.onnx": 1}, "cmd", default_attribution(meta))
+    assert "--init-from" not in plain
