@@ -36,10 +36,10 @@ from bandmate.training.corpus.listing import (
     split_of,
 )
 from bandmate.training.corpus.samples import (
-    codec_vocab,
     empty_encoded,
     encode_file,
     label_counts,
+    prepare_codec,
 )
 
 #: Fault injection for the crash-isolation test: a worker whose file path contains this
@@ -114,7 +114,7 @@ def encode_source(f: SourceFile, cfg: PrepareConfig) -> FileResult:
     except Exception as e:  # a bug or a parser failure on odd data: skip, never stop the batch
         enc = empty_encoded()
         reason = f"unexpected error ({type(e).__name__}: {e}); please report this file"
-    labels = label_counts(enc.tokens, codec_vocab(cfg)[1]) if reason is None else {}
+    labels = label_counts(enc.tokens, prepare_codec(cfg).vocab) if reason is None else {}
     return FileResult(f.path, digest.hex(), split, reason, enc, labels)
 
 
