@@ -46,6 +46,7 @@ __all__ = [
     "encode_bars",
     "encode_piece",
     "encode_track",
+    "fill_density_slots",
     "piece_bars",
     "segment_bars",
     "split_at_bars",
@@ -158,6 +159,16 @@ def segment_bars(seg: SegmentArrays) -> TrackBars:
 def density_bucket(count: int, edges: Sequence[float]) -> int:
     """The DENSITY bucket of a note count: bucket d holds counts <= edges[d]."""
     return int(np.searchsorted(np.asarray(edges, np.float64), count, side="left"))
+
+
+def fill_density_slots(
+    tokens: np.ndarray, slot_pos: np.ndarray, counts: np.ndarray, edges: Sequence[float]
+) -> None:
+    """Write the DENSITY of each slot left by `Codec.windows` (bucketed as `density_bucket`),
+    in place: prepare knows the edges only after counting every file."""
+    if len(slot_pos):
+        b = np.searchsorted(np.asarray(edges, np.float64), counts, side="left")
+        tokens[slot_pos] = DENSITY0 + b
 
 
 def _track_arrays(track: Track) -> TrackArrays:

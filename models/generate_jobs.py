@@ -4,8 +4,10 @@ A job (`ContinueJob`, `AddJob`, `InfillJob`) checks a request, cuts the prompt u
 window fits the model's context, and lists its windows; for each window and batch row,
 ``Job.plan`` returns the actions the loop in `bandmate.models.generate` carries out: tokens
 to `Force` (prompt bars, headers), one to `Choose` among a few (an added track's DENSITY),
-a `Bar` to sample under the bar grammar, an event to `Emit` (`BarDone`). The jobs know the
-token layout (the module docstring of `bandmate.models.generate` describes it); the loop
+a `Bar` to sample under the bar grammar, an event to `Emit` (`BarDone`). The jobs choose
+which tracks and bars a window holds (the module docstring of `bandmate.models.generate`
+describes it) and write them through the model's codec (`session.codec`: headers, bar runs,
+whole tracks, fill placeholders), so a prompt has the layout of a training sample; the loop
 knows the model, the KV cache and the sampler. A `Row` is one batch row: its plan, its
 grammar and random generator, and the notes it has written so far.
 """

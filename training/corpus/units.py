@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from bandmate.models.codec import fill_density_slots
 from bandmate.models.midi_io import MidiError
-from bandmate.models.vocab import DENSITY0
 from bandmate.training.corpus.chunks import (
     LEAD,
     FileResult,
@@ -166,9 +166,7 @@ def write_unit(task: tuple, scratch: Scratch) -> int:
         lengths = np.frombuffer(fh.read(sizes[1]), np.int64)
         slot_pos = np.frombuffer(fh.read(sizes[2]), np.int64)
         slot_count = np.frombuffer(fh.read(sizes[3]), np.int64)
-    if len(slot_pos):
-        b = np.searchsorted(np.asarray(edges, np.float64), slot_count, side="left")
-        tokens[slot_pos] = DENSITY0 + b
+    fill_density_slots(tokens, slot_pos, slot_count, edges)
     cum = np.zeros(len(lengths) + 1, np.int64)
     np.cumsum(lengths, out=cum[1:])
     written = 0
