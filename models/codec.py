@@ -242,6 +242,22 @@ class Windows:
         return np.repeat(sel.ravel(), self.range_len.ravel())
 
 
+@dataclass(frozen=True)
+class _Heads:
+    """The track headers of a sample as the constants its gather reads (`Codec._layout`)."""
+
+    src: np.ndarray  # int32: PIECE_START, TRACK_END, then every header back to back
+    at: np.ndarray  # int64, per track: where its header starts in src
+    length: np.ndarray  # int64, per track
+    slotted: np.ndarray  # bool, per track: its header has a DENSITY
+
+    @classmethod
+    def of(cls, heads: Sequence[Sequence[int]]) -> _Heads:
+        length = np.fromiter((len(h) for h in heads), np.int64, len(heads))
+        src = np.array([PIECE_START, TRACK_END, *(x for h in heads for x in h)], np.int32)
+        return cls(src, 2 + np.cumsum(length) - length, length, length > _DENSITY_AT)
+
+
 class Codec:
     """The mmmtrack layout of one codec configuration: headers, bars, samples, fills.
 
@@ -255,6 +271,7 @@ class Codec:
         self.config = config
         self.vocab = vocab if vocab is not None else config.vocab
         self._inst: dict[str, int] = {}
+        self._heads: dict[tuple[tuple[str, ...], bool], _Heads] = {}  # for `windows`
 
     @classmethod
     @functools.lru_cache(maxsize=16)
@@ -350,7 +367,7 @@ class Codec:
         tb = self.bars(piece, start_bar, n_bars)
         counts = tb.onsets.sum(axis=1)
         present = (counts > 0) | keep_empty
-        heads: list[list[int]] = []
+        heads = []
         for i, t in enumerate(piece.tracks):
             d = None
             if present[i] and densities is not None:
@@ -359,7 +376,7 @@ class Codec:
                 d = self.density(int(counts[i]))
             heads.append(self.header(t.inst, d) if present[i] else [])
         w = self._layout(
-            tb, heads, np.zeros(1, np.int64), n_bars, present[:, None], counts[:, None]
+            tb, _Heads.of(heads), np.zeros(1, np.int64), n_bars, present[:, None], counts[:, None]
         )
         return np.array([PIECE_START], np.int32) if w is None else w.tokens
 
@@ -386,13 +403,19 @@ class Codec:
             if not keep.any():
                 return None
             starts, counts, present = starts[keep], counts[:, keep], present[:, keep]
-        heads = [self.header(lab, 0 if density else None) for lab in labels]
+        key = (tuple(labels), density)
+        heads = self._heads.get(key)
+        if heads is None:  # a corpus has few label lists: build each once
+            if len(self._heads) > 4096:
+                self._heads.clear()
+            lists = [self.header(lab, 0 if density else None) for lab in labels]
+            heads = self._heads[key] = _Heads.of(lists)
         return self._layout(tb, heads, starts, n_bars, present, counts)
 
     def _layout(
         self,
         tb: TrackBars,
-        heads: Sequence[Sequence[int]],
+        heads: _Heads,
         starts: np.ndarray,
         n_bars: int,
         present: np.ndarray,
@@ -406,31 +429,30 @@ class Codec:
             return None
         body_start = tb.offsets[tt, starts[ww]]
         body_len = tb.offsets[tt, starts[ww] + n_bars] - body_start
-        head_len = np.fromiter((len(h) for h in heads), np.int64, len(heads))
         n_ids = len(tb.ids)
-        flat = [x for h in heads for x in h]
-        src = np.concatenate([tb.ids, np.array([PIECE_START, TRACK_END, *flat], np.int32)])
-        head_at = n_ids + 2 + np.cumsum(head_len) - head_len
+        src = np.concatenate([tb.ids, heads.src])
+        head_len = heads.length[tt]
         first = np.ones(n_pairs, bool)
         first[1:] = ww[1:] != ww[:-1]
         rs = np.empty((n_pairs, 4), np.int64)
         rl = np.ones((n_pairs, 4), np.int64)
         rs[:, _PS] = n_ids
         rl[:, _PS] = first
-        rs[:, _HEAD] = head_at[tt]
-        rl[:, _HEAD] = head_len[tt]
+        rs[:, _HEAD] = heads.at[tt] + n_ids
+        rl[:, _HEAD] = head_len
         rs[:, _BODY] = body_start
         rl[:, _BODY] = body_len
         rs[:, _END] = n_ids + 1
         tokens = src[_ranges(rs.ravel(), rl.ravel())]
-        pair_len = rl.sum(axis=1)
+        pair_len = head_len + body_len + first + 1
         lengths = np.add.reduceat(pair_len, np.flatnonzero(first))
         pair_counts = counts[tt, ww]
-        slotted = head_len[tt] > _DENSITY_AT
-        slot_pos = (np.cumsum(pair_len) - pair_len + first + _DENSITY_AT)[slotted]
-        return Windows(
-            tokens, lengths, starts, ww, tt, pair_counts, slot_pos, pair_counts[slotted], rl
-        )
+        slot_pos = np.cumsum(pair_len) - pair_len + first + _DENSITY_AT
+        slot_count = pair_counts
+        if not heads.slotted.all():
+            slotted = heads.slotted[tt]
+            slot_pos, slot_count = slot_pos[slotted], pair_counts[slotted]
+        return Windows(tokens, lengths, starts, ww, tt, pair_counts, slot_pos, slot_count, rl)
 
     def decode(self, ids: Iterable[int], bars: int | None = None, tempo: float = 120.0) -> Decoded:
         """Token ids -> Piece (`bandmate.models.decoder.decode`: never raises)."""
