@@ -141,12 +141,11 @@ def ttfn(session, ps, seed: int) -> tuple[float, int]:
     from dataclasses import replace
 
     from bandmate.models import generate as G
-    from bandmate.models.codec import encode_piece
     from bandmate.models.sampler import SamplingConfig
 
     a, b = ps[0], ps[1 % len(ps)]
     p = replace(a, tracks=a.tracks + b.tracks)
-    n_tok = len(encode_piece(p, session.config))
+    n_tok = len(session.codec.sample(p))
     out = []
     for k in range(3):
         t0 = time.perf_counter()
@@ -244,14 +243,13 @@ def sweep(folder: Path, ctx: int = 300, steps: int = 40) -> list[dict]:
 
 
 def engine(session, ps, seed: int, new: int) -> dict:
-    from bandmate.models.codec import encode_piece
 
     res = {"onnx": session.onnx_file, "provider": session.provider}
     decode_step(session, ctx=64, steps=8)  # warm up (first runs allocate)
     res.update(engine_tasks(session, ps, seed))
     res.update(decode_step(session))
     res["time_to_first_note_ms"], res["ttfn_prompt_tokens"] = ttfn(session, ps, seed)
-    ids = encode_piece(ps[0], session.config)
+    ids = session.codec.sample(ps[0])
     res["onnx_same_ms_per_token"] = float(np.mean(
         [onnx_same(session, ids, new, seed + k) for k in range(2)]))
     return res
@@ -259,7 +257,6 @@ def engine(session, ps, seed: int, new: int) -> dict:
 
 def bench_model(label: str, folder: Path, n_prompts: int, new: int, seed: int,
                 baseline: bool) -> dict:
-    from bandmate.models.codec import encode_piece
     from bandmate.models.session import ModelSession
 
     session = ModelSession.load(folder)
@@ -268,7 +265,7 @@ def bench_model(label: str, folder: Path, n_prompts: int, new: int, seed: int,
     res.update(engine(session, ps, seed, new))
     if baseline and session.fast:
         res["contract_graph"] = engine(ModelSession.load(folder, fast=False), ps, seed, new)
-    ids = encode_piece(ps[0], session.config)
+    ids = session.codec.sample(ps[0])
     res["hf_ms_per_token"] = hf_generate(session.meta, ids, new)
     res["hf_prompt_tokens"], res["hf_new_tokens"] = len(ids), new
     res["speedup_vs_hf"] = res["hf_ms_per_token"] / res["onnx_same_ms_per_token"]

@@ -242,10 +242,10 @@ class Scorer:
     def note_on_nll(self, piece, config) -> float | None:
         """Mean NLL (nats) of the last track's NOTE_ON tokens, the piece encoded as the model
         saw its training samples."""
-        from bandmate.models.codec import encode_piece
+        from bandmate.models.codec import Codec
         from bandmate.models.vocab import NOTE_ON0, TRACK_START
 
-        ids = np.asarray(encode_piece(piece, config), np.int64)
+        ids = np.asarray(Codec.of(config).sample(piece), np.int64)
         n = len(ids)
         if n > self.s.n_positions:
             return None

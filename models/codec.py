@@ -1,37 +1,56 @@
 """The mmmtrack codec: notes <-> token ids (docs/mmmtrack.md is the contract).
 
-Encoding is vectorised over every note of every track of a segment at once, because corpus
-preparation encodes hundreds of thousands of files; windows of bars are then slices of a
-per-track token array (`TrackBars`). Decoding is a tolerant state machine that never raises,
-because it reads model output.
+`Codec` is the one writer of the sample layout: corpus preparation, generation's prompt plans,
+the synthetic data of tests and benchmarks and the tests all build their tokens through it, so
+a change to the format (a new token kind) is one edit here. Encoding is vectorised over every
+note of every track of a segment at once, because corpus preparation encodes hundreds of
+thousands of files; windows of bars are then slices of a per-track token array (`TrackBars`),
+and the samples of many windows one gather (`Codec.windows`). Decoding, a tolerant state
+machine that reads model output, lives in `bandmate.models.decoder` and is re-exported here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+import functools
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from bandmate.models.config import CodecConfig
+from bandmate.models.decoder import Decoded, decode
 from bandmate.models.midi_io import SegmentArrays, TrackArrays
-from bandmate.models.types import DRUM_CHANNEL, STEPS_PER_BAR, Note, Piece, Track
+from bandmate.models.types import STEPS_PER_BAR, Note, Piece, Track
 from bandmate.models.vocab import (
     BAR_END,
     BAR_START,
     DENSITY0,
-    FILL_END,
     FILL_IN,
-    FILL_START,
     NOTE_OFF0,
     NOTE_ON0,
-    PAD,
     PIECE_START,
     TIME_DELTA0,
     TRACK_END,
     TRACK_START,
-    UNK,
     Vocab,
 )
+
+__all__ = [
+    "EMPTY_BAR",
+    "FILL_BAR",
+    "Codec",
+    "Decoded",
+    "TrackBars",
+    "Windows",
+    "decode",
+    "density_bucket",
+    "encode_bars",
+    "encode_piece",
+    "encode_track",
+    "fill_density_slots",
+    "piece_bars",
+    "segment_bars",
+    "split_at_bars",
+]
 
 S = STEPS_PER_BAR
 
@@ -142,6 +161,16 @@ def density_bucket(count: int, edges: Sequence[float]) -> int:
     return int(np.searchsorted(np.asarray(edges, np.float64), count, side="left"))
 
 
+def fill_density_slots(
+    tokens: np.ndarray, slot_pos: np.ndarray, counts: np.ndarray, edges: Sequence[float]
+) -> None:
+    """Write the DENSITY of each slot left by `Codec.windows` (bucketed as `density_bucket`),
+    in place: prepare knows the edges only after counting every file."""
+    if len(slot_pos):
+        b = np.searchsorted(np.asarray(edges, np.float64), counts, side="left")
+        tokens[slot_pos] = DENSITY0 + b
+
+
 def _track_arrays(track: Track) -> TrackArrays:
     n = track.notes
     return TrackArrays(
@@ -166,11 +195,271 @@ def piece_bars(piece: Piece, start_bar: int = 0, n_bars: int | None = None) -> T
     return segment_bars(seg)
 
 
-def _header(vocab: Vocab, label: str, density: int | None) -> list[int]:
-    h = [TRACK_START, vocab.inst_id(label)]
-    if density is not None and vocab.density_bins:
-        h.append(vocab.density_id(density))
-    return h
+# ------------------------------------------------------------------------------ the codec
+
+#: A bar the model writes later, in a FILL_START..FILL_END block after the tracks (infilling).
+FILL_BAR = (BAR_START, FILL_IN, BAR_END)
+#: A bar with no events (a context track's slot beside a bar being written).
+EMPTY_BAR = (BAR_START, BAR_END)
+#: Where `Codec.header` puts a track's DENSITY token (prepare fills these slots after the fact).
+_DENSITY_AT = 2
+#: The ranges a sample is gathered from, per (window, track) pair (`Codec._layout`).
+_PS, _HEAD, _BODY, _END = range(4)
+
+
+def _ranges(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    """``concatenate([arange(s, s + n) for s, n in zip(starts, lens)])`` without a loop."""
+    total = int(lens.sum())
+    if total == 0:
+        return np.zeros(0, np.int64)
+    excl = np.cumsum(lens) - lens
+    return np.arange(total, dtype=np.int64) + np.repeat(starts - excl, lens)
+
+
+@dataclass(frozen=True)
+class Windows:
+    """The samples of many windows of one segment, back to back (`Codec.windows`).
+
+    A pair is one track in one sample: ``window[p]`` (index of the sample) and ``track[p]``
+    (index of the track), window-major, tracks in order; ``counts[p]`` its NOTE_ONs. Kept as
+    arrays because prepare's augmentation and DENSITY statistics work on them without a loop.
+    """
+
+    tokens: np.ndarray  # int32
+    lengths: np.ndarray  # int64, per sample
+    starts: np.ndarray  # int64, first bar of each sample's window
+    window: np.ndarray  # int64, per pair
+    track: np.ndarray  # int64, per pair
+    counts: np.ndarray  # int64, per pair
+    slot_pos: np.ndarray  # int64, position in tokens of each pair's DENSITY, if its header has one
+    slot_count: np.ndarray  # int64, the note count of each of those slots
+    range_len: np.ndarray  # int64 (pairs, 4): lengths of PIECE_START, header, bars, TRACK_END
+
+    def body_mask(self, pairs: np.ndarray) -> np.ndarray:
+        """Per token: whether it lies in the bars (not a header) of a pair where ``pairs``."""
+        sel = np.zeros(self.range_len.shape, bool)
+        sel[:, _BODY] = pairs
+        return np.repeat(sel.ravel(), self.range_len.ravel())
+
+
+@dataclass(frozen=True)
+class _Heads:
+    """The track headers of a sample as the constants its gather reads (`Codec._layout`)."""
+
+    src: np.ndarray  # int32: PIECE_START, TRACK_END, then every header back to back
+    at: np.ndarray  # int64, per track: where its header starts in src
+    length: np.ndarray  # int64, per track
+    slotted: np.ndarray  # bool, per track: its header has a DENSITY
+
+    @classmethod
+    def of(cls, heads: Sequence[Sequence[int]]) -> _Heads:
+        length = np.fromiter((len(h) for h in heads), np.int64, len(heads))
+        src = np.array([PIECE_START, TRACK_END, *(x for h in heads for x in h)], np.int32)
+        return cls(src, 2 + np.cumsum(length) - length, length, length > _DENSITY_AT)
+
+
+class Codec:
+    """The mmmtrack layout of one codec configuration: headers, bars, samples, fills.
+
+    One object, in the spirit of a MidiTok tokenizer, because the layout of a sample was once
+    spelled out separately by prepare, generation, the synthetic data and the tests. Built
+    from a `CodecConfig` (``Codec.of(config)`` caches one per config: a `Vocab` costs more to
+    build than a small file costs to encode).
+    """
+
+    def __init__(self, config: CodecConfig, vocab: Vocab | None = None) -> None:
+        self.config = config
+        self.vocab = vocab if vocab is not None else config.vocab
+        self._inst: dict[str, int] = {}
+        self._heads: dict[tuple[tuple[str, ...], bool], _Heads] = {}  # for `windows`
+
+    @classmethod
+    @functools.lru_cache(maxsize=16)
+    def of(cls, config: CodecConfig) -> Codec:
+        """The shared codec of ``config`` (built once per configuration)."""
+        return cls(config)
+
+    def __repr__(self) -> str:
+        return f"Codec({self.config!r})"
+
+    # ---------------------------------------------------------------- the parts of a sample
+
+    def inst_id(self, label: str) -> int:
+        """The INST id of a label as this model writes it: a prompt read under another label
+        scheme (a live capture, another model) is mapped (`CodecConfig.model_label`)."""
+        i = self._inst.get(label)
+        if i is None:
+            i = self._inst[label] = self.vocab.inst_id(self.config.model_label(label))
+        return i
+
+    def header(self, label: str, density: int | None = None) -> list[int]:
+        """``TRACK_START INST=<label> [DENSITY=<d>]``: DENSITY only when given and the model
+        has bins, so a model trained without it never sees one."""
+        h = [TRACK_START, self.inst_id(label)]
+        if density is not None and self.vocab.density_bins:
+            h.append(self.vocab.density_id(density))
+        return h
+
+    def density(self, count: int, bars: int | None = None) -> int | None:
+        """The DENSITY of a track playing ``count`` notes in ``bars`` bars (default: a sample's),
+        scaled to the model's window because the bucket edges count notes per sample; None for
+        a model without DENSITY, the middle bucket for one whose edges are not known yet."""
+        cfg = self.config
+        if not cfg.density_bins:
+            return None
+        if not cfg.density_edges:
+            return cfg.density_bins // 2
+        scaled = count if bars is None else count * cfg.bars / max(bars, 1)
+        return min(density_bucket(round(scaled), cfg.density_edges), cfg.density_bins - 1)
+
+    def density_ids(self) -> tuple[int, ...]:
+        """Every DENSITY token id (what a new track may choose from)."""
+        return tuple(range(DENSITY0, DENSITY0 + self.vocab.density_bins))
+
+    def bars(
+        self, src: Piece | SegmentArrays, start_bar: int = 0, n_bars: int | None = None
+    ) -> TrackBars:
+        """Every bar of every track tokenised at once: a parsed segment (prepare's numpy fast
+        path, whole) or bars ``start_bar ..`` of a piece (notes cut at the window)."""
+        if isinstance(src, SegmentArrays):
+            if start_bar or (n_bars is not None and n_bars != src.bars):
+                raise ValueError("a segment is tokenised whole: slice windows of its TrackBars")
+            return segment_bars(src)
+        return piece_bars(src, start_bar, n_bars)
+
+    def track(
+        self,
+        tb: TrackBars,
+        index: int,
+        label: str,
+        density: int | None = None,
+        fills: Collection[int] = (),
+    ) -> list[int]:
+        """Header, every bar of track ``index`` of ``tb`` and TRACK_END; the bars in ``fills``
+        (indices into ``tb``) become FILL_IN placeholders, for an infilling prompt."""
+        o = tb.offsets[index]
+        out = self.header(label, density)
+        if not fills:
+            out += tb.ids[o[0] : o[-1]].tolist()
+        else:
+            for b in range(len(o) - 1):
+                out += FILL_BAR if b in fills else tb.ids[o[b] : o[b + 1]].tolist()
+        out.append(TRACK_END)
+        return out
+
+    # ---------------------------------------------------------------- whole samples
+
+    def sample(
+        self,
+        piece: Piece,
+        start_bar: int = 0,
+        n_bars: int | None = None,
+        densities: dict[int, int] | Sequence[int | None] | None = None,
+        keep_empty: bool = False,
+    ) -> np.ndarray:
+        """``PIECE_START`` and every track with notes in the window, in track order (all of
+        them with ``keep_empty``: a prompt may name a silent part).
+
+        ``densities`` overrides the DENSITY of track i; otherwise it is bucketed from the note
+        count with the config's edges (omitted while the config has none).
+        """
+        n_bars = piece.bars - start_bar if n_bars is None else n_bars
+        tb = self.bars(piece, start_bar, n_bars)
+        counts = tb.onsets.sum(axis=1)
+        present = (counts > 0) | keep_empty
+        heads = []
+        for i, t in enumerate(piece.tracks):
+            d = None
+            if present[i] and densities is not None:
+                d = densities.get(i) if isinstance(densities, dict) else densities[i]
+            if present[i] and d is None and self.config.density_edges:
+                d = self.density(int(counts[i]))
+            heads.append(self.header(t.inst, d) if present[i] else [])
+        w = self._layout(
+            tb, _Heads.of(heads), np.zeros(1, np.int64), n_bars, present[:, None], counts[:, None]
+        )
+        return np.array([PIECE_START], np.int32) if w is None else w.tokens
+
+    def windows(
+        self,
+        tb: TrackBars,
+        labels: Sequence[str],
+        starts: np.ndarray,
+        n_bars: int,
+        density: bool,
+    ) -> Windows | None:
+        """The samples of the ``n_bars``-bar windows at ``starts`` of a tokenised segment, at
+        once (prepare's fast path: a few numpy calls per segment, none per sample). A window
+        without notes is no sample (None when none has notes). With ``density`` each header
+        gets a placeholder DENSITY=0 whose position and note count are returned, because the
+        bucket edges come from the whole corpus and are known only after every file."""
+        n_tracks, n_seg = tb.onsets.shape
+        cs = np.zeros((n_tracks, n_seg + 1), np.int64)
+        np.cumsum(tb.onsets, axis=1, out=cs[:, 1:])
+        counts = cs[:, starts + n_bars] - cs[:, starts]  # (tracks, windows)
+        present = counts > 0
+        keep = present.any(axis=0)
+        if not keep.all():
+            if not keep.any():
+                return None
+            starts, counts, present = starts[keep], counts[:, keep], present[:, keep]
+        key = (tuple(labels), density)
+        heads = self._heads.get(key)
+        if heads is None:  # a corpus has few label lists: build each once
+            if len(self._heads) > 4096:
+                self._heads.clear()
+            lists = [self.header(lab, 0 if density else None) for lab in labels]
+            heads = self._heads[key] = _Heads.of(lists)
+        return self._layout(tb, heads, starts, n_bars, present, counts)
+
+    def _layout(
+        self,
+        tb: TrackBars,
+        heads: _Heads,
+        starts: np.ndarray,
+        n_bars: int,
+        present: np.ndarray,
+        counts: np.ndarray,
+    ) -> Windows | None:
+        """The sample layout, written once: per window, PIECE_START, then per present track
+        its header, its bars and TRACK_END; one gather of ranges of ``tb.ids`` and constants."""
+        ww, tt = np.nonzero(present.T)  # pairs (window, track), window-major, tracks in order
+        n_pairs = len(ww)
+        if not n_pairs:
+            return None
+        body_start = tb.offsets[tt, starts[ww]]
+        body_len = tb.offsets[tt, starts[ww] + n_bars] - body_start
+        n_ids = len(tb.ids)
+        src = np.concatenate([tb.ids, heads.src])
+        head_len = heads.length[tt]
+        first = np.ones(n_pairs, bool)
+        first[1:] = ww[1:] != ww[:-1]
+        rs = np.empty((n_pairs, 4), np.int64)
+        rl = np.ones((n_pairs, 4), np.int64)
+        rs[:, _PS] = n_ids
+        rl[:, _PS] = first
+        rs[:, _HEAD] = heads.at[tt] + n_ids
+        rl[:, _HEAD] = head_len
+        rs[:, _BODY] = body_start
+        rl[:, _BODY] = body_len
+        rs[:, _END] = n_ids + 1
+        tokens = src[_ranges(rs.ravel(), rl.ravel())]
+        pair_len = head_len + body_len + first + 1
+        lengths = np.add.reduceat(pair_len, np.flatnonzero(first))
+        pair_counts = counts[tt, ww]
+        slot_pos = np.cumsum(pair_len) - pair_len + first + _DENSITY_AT
+        slot_count = pair_counts
+        if not heads.slotted.all():
+            slotted = heads.slotted[tt]
+            slot_pos, slot_count = slot_pos[slotted], pair_counts[slotted]
+        return Windows(tokens, lengths, starts, ww, tt, pair_counts, slot_pos, slot_count, rl)
+
+    def decode(self, ids: Iterable[int], bars: int | None = None, tempo: float = 120.0) -> Decoded:
+        """Token ids -> Piece (`bandmate.models.decoder.decode`: never raises)."""
+        return decode(ids, self.vocab, bars, tempo)
+
+
+# ------------------------------------------------------------------------------ functions
 
 
 def encode_track(
@@ -180,15 +469,11 @@ def encode_track(
     n_bars: int | None = None,
     density: int | None = None,
 ) -> np.ndarray:
-    """``TRACK_START INST [DENSITY] bar* TRACK_END`` for one track (empty bars included)."""
+    """``TRACK_START INST [DENSITY] bar* TRACK_END`` for one track (empty bars included);
+    `Codec.sample` of that track alone, without PIECE_START."""
     n = n_bars if n_bars is not None else _bars_of(track) - start_bar
-    tb = piece_bars(Piece((track,), start_bar + n), start_bar, n)
-    if density is None and config.density_bins and config.density_edges:
-        density = density_bucket(int(tb.onsets[0].sum()), config.density_edges)
-    body = tb.window(0, 0, n)
-    return np.concatenate(
-        [np.asarray(_header(config.vocab, track.inst, density), np.int32), body, [TRACK_END]]
-    ).astype(np.int32)
+    piece = Piece((track,), start_bar + n)
+    return Codec.of(config).sample(piece, start_bar, n, [density], keep_empty=True)[1:]
 
 
 def _bars_of(track: Track) -> int:
@@ -204,266 +489,8 @@ def encode_piece(
     densities: dict[int, int] | Sequence[int | None] | None = None,
     keep_empty: bool = False,
 ) -> np.ndarray:
-    """``PIECE_START`` and every track that has notes in the window, in track order.
-
-    ``densities`` overrides the DENSITY of track i; otherwise it is bucketed from the note
-    count with the config's edges (omitted when the config has no density bins).
-    """
-    n_bars = piece.bars - start_bar if n_bars is None else n_bars
-    tb = piece_bars(piece, start_bar, n_bars)
-    vocab = config.vocab
-    out: list[np.ndarray] = [np.array([PIECE_START], np.int32)]
-    for i, t in enumerate(piece.tracks):
-        count = int(tb.onsets[i].sum())
-        if count == 0 and not keep_empty:
-            continue
-        d = None
-        if densities is not None:
-            d = densities.get(i) if isinstance(densities, dict) else densities[i]
-        if d is None and config.density_bins and config.density_edges:
-            d = density_bucket(count, config.density_edges)
-        out.append(np.asarray(_header(vocab, t.inst, d), np.int32))
-        out.append(tb.window(i, 0, n_bars))
-        out.append(np.array([TRACK_END], np.int32))
-    return np.concatenate(out).astype(np.int32)
-
-
-# --------------------------------------------------------------------------- decoding
-
-
-@dataclass
-class Decoded:
-    """What a token list meant, and every repair the decoder had to make."""
-
-    piece: Piece
-    repairs: list[str] = field(default_factory=list)
-    densities: list[int | None] = field(default_factory=list)
-
-
-@dataclass
-class _TrackState:
-    label: str | None = None
-    density: int | None = None
-    bars: int = 0
-    notes: list[tuple[int, int, int]] = field(default_factory=list)  # start, pitch, end
-    fills: list[int] = field(default_factory=list)  # bar indices marked FILL_IN
-
-
-def _program_of(label: str) -> int:
-    return int(label) if label.isdigit() and 0 <= int(label) <= 127 else 0
-
-
-def decode(
-    ids: Iterable[int],
-    config: CodecConfig | Vocab,
-    bars: int | None = None,
-    tempo: float = 120.0,
-) -> Decoded:
-    """Token ids -> Piece. Never raises on any id list; lists what it repaired.
-
-    FILL_START..FILL_END blocks are put into the bars marked FILL_IN, in order.
-    """
-    vocab = config.vocab if isinstance(config, CodecConfig) else config
-    n_tok = vocab.size
-    inst0 = vocab.inst0
-    repairs: list[str] = []
-    tracks: list[_TrackState] = []
-    cur: _TrackState | None = None
-    in_bar = False
-    bar_base = 0  # step of the current bar's start within the track
-    t = 0
-    sounding: dict[int, int] = {}
-    fill_queue: list[tuple[_TrackState, int]] = []
-    in_fill = False
-
-    def close_notes(at: int, why: str | None) -> None:
-        for p, s in sorted(sounding.items()):
-            e = max(at, s + 1)
-            cur_notes.append((s, p, e))
-            if why:
-                repairs.append(f"{why}: pitch {p} at step {s} ended at step {e}")
-        sounding.clear()
-
-    cur_notes: list[tuple[int, int, int]] = []
-
-    def end_bar(why: str | None) -> None:
-        nonlocal in_bar, in_fill
-        if sounding:
-            close_notes(bar_base + S, why or "note never closed, ended at the bar end")
-        in_bar = False
-        in_fill = False
-
-    def close_open_bar(before: str) -> None:
-        if in_bar:
-            end_bar("BAR_END missing")
-            repairs.append(f"BAR_END missing before {before}")
-
-    def end_track() -> None:
-        nonlocal cur
-        if cur is not None:
-            cur.notes.extend(cur_notes)
-            cur_notes.clear()
-            tracks.append(cur)
-            cur = None
-
-    for pos, raw in enumerate(ids):
-        tok = int(raw)
-        if tok < 0 or tok >= n_tok or tok == UNK:
-            repairs.append(f"unknown token id {tok} at {pos} skipped")
-            continue
-        if tok == PAD:
-            repairs.append(f"[PAD] at {pos} skipped")
-            continue
-        if tok == PIECE_START:
-            if pos != 0:
-                repairs.append(f"PIECE_START at {pos} ignored")
-            continue
-        if tok == TRACK_START:
-            close_open_bar(f"TRACK_START at {pos}")
-            if cur is not None:
-                repairs.append(f"TRACK_END missing before TRACK_START at {pos}")
-                end_track()
-            in_fill = False
-            cur = _TrackState()
-            continue
-        if tok >= inst0:
-            label = vocab.labels[tok - inst0]
-            if cur is None:
-                repairs.append(f"INST outside a track at {pos}: a track was opened")
-                cur = _TrackState()
-            if cur.label is not None or cur.bars:
-                repairs.append(f"second INST in a track at {pos} ignored")
-            else:
-                cur.label = label
-            continue
-        if DENSITY0 <= tok < inst0:
-            if cur is not None and cur.density is None and not cur.bars:
-                cur.density = tok - DENSITY0
-            else:
-                repairs.append(f"misplaced DENSITY at {pos} ignored")
-            continue
-        if tok == FILL_START:
-            close_open_bar(f"FILL_START at {pos}")
-            end_track()
-            if not fill_queue:
-                repairs.append(f"FILL_START at {pos} without a FILL_IN bar: skipped")
-                in_fill = False
-                in_bar = False
-                continue
-            target, bar_idx = fill_queue.pop(0)
-            cur_fill_track = target
-            cur_notes = cur_fill_track.notes  # notes go straight into that track
-            bar_base = bar_idx * S
-            t = 0
-            in_bar = True
-            in_fill = True
-            continue
-        if tok == FILL_END:
-            if in_fill:
-                if sounding:
-                    close_notes(bar_base + S, "note never closed, ended at the bar end")
-                in_bar = False
-                in_fill = False
-                cur_notes = []
-            else:
-                repairs.append(f"FILL_END at {pos} without FILL_START ignored")
-            continue
-        if tok == BAR_START:
-            if cur is None:
-                repairs.append(f"BAR_START outside a track at {pos}: a track was opened")
-                cur = _TrackState()
-            close_open_bar(f"BAR_START at {pos}")
-            bar_base = cur.bars * S
-            cur.bars += 1
-            t = 0
-            in_bar = True
-            continue
-        if tok == BAR_END:
-            if in_bar and not in_fill:
-                end_bar(None)
-            else:
-                repairs.append(f"BAR_END at {pos} outside a bar ignored")
-            continue
-        if tok == TRACK_END:
-            close_open_bar(f"TRACK_END at {pos}")
-            if cur is None:
-                repairs.append(f"TRACK_END at {pos} outside a track ignored")
-            else:
-                end_track()
-            continue
-        if tok == FILL_IN:
-            if in_bar and cur is not None and not in_fill:
-                fill_queue.append((cur, cur.bars - 1))
-                cur.fills.append(cur.bars - 1)
-            else:
-                repairs.append(f"FILL_IN at {pos} outside a bar ignored")
-            continue
-        # Events.
-        if not in_bar:
-            repairs.append(f"event at {pos} outside a bar skipped")
-            continue
-        if tok >= TIME_DELTA0 + 1:
-            d = tok - TIME_DELTA0
-            if t + d > S:
-                repairs.append(f"TIME_DELTA at {pos} past the bar end clamped")
-                t = S
-            else:
-                t += d
-        elif tok >= NOTE_OFF0:
-            p = tok - NOTE_OFF0
-            s = sounding.pop(p, None)
-            if s is None:
-                repairs.append(f"NOTE_OFF={p} at {pos} without NOTE_ON ignored")
-            elif bar_base + t <= s:
-                repairs.append(f"zero-length NOTE_ON={p} at {pos} given one step")
-                cur_notes.append((s, p, s + 1))
-            else:
-                cur_notes.append((s, p, bar_base + t))
-        else:
-            p = tok - NOTE_ON0
-            if t >= S:
-                repairs.append(f"NOTE_ON={p} at {pos} on the bar end skipped")
-                continue
-            if p in sounding:
-                s = sounding.pop(p)
-                repairs.append(f"NOTE_ON={p} at {pos} while sounding: previous one closed")
-                cur_notes.append((s, p, max(bar_base + t, s + 1)))
-            sounding[p] = bar_base + t
-    if in_bar:
-        end_bar("BAR_END missing at the end")
-        repairs.append("BAR_END missing at the end")
-    if cur is not None:
-        repairs.append("TRACK_END missing at the end")
-        end_track()
-
-    n_bars = bars if bars is not None else max((ts.bars for ts in tracks), default=0)
-    limit = n_bars * S
-    out_tracks: list[Track] = []
-    densities: list[int | None] = []
-    channel = 0
-    for ts in tracks:
-        label = ts.label
-        if label is None:
-            repairs.append("track without INST: labelled 0 (piano)")
-            label = "0"
-        notes = set()
-        for s, p, e in ts.notes:
-            if s >= limit:
-                continue
-            notes.add(Note(s, p, min(e, limit)))
-        if ts.bars != n_bars and bars is not None:
-            repairs.append(f"track {label} has {ts.bars} bars, expected {n_bars}")
-        if label == "DRUMS":
-            ch = DRUM_CHANNEL
-        else:
-            if channel == DRUM_CHANNEL:
-                channel += 1
-            ch = channel % 16
-            channel += 1
-        out_tracks.append(Track(label, tuple(sorted(notes)), _program_of(label), ch, ""))
-        densities.append(ts.density)
-    piece = Piece(tuple(out_tracks), n_bars, tempo)
-    return Decoded(piece, repairs, densities)
+    """`Codec.sample` of ``config``'s codec (kept for callers that hold only a config)."""
+    return Codec.of(config).sample(piece, start_bar, n_bars, densities, keep_empty)
 
 
 def split_at_bars(notes: Iterable[Note]) -> list[Note]:

@@ -4,8 +4,10 @@ A job (`ContinueJob`, `AddJob`, `InfillJob`) checks a request, cuts the prompt u
 window fits the model's context, and lists its windows; for each window and batch row,
 ``Job.plan`` returns the actions the loop in `bandmate.models.generate` carries out: tokens
 to `Force` (prompt bars, headers), one to `Choose` among a few (an added track's DENSITY),
-a `Bar` to sample under the bar grammar, an event to `Emit` (`BarDone`). The jobs know the
-token layout (the module docstring of `bandmate.models.generate` describes it); the loop
+a `Bar` to sample under the bar grammar, an event to `Emit` (`BarDone`). The jobs choose
+which tracks and bars a window holds (the module docstring of `bandmate.models.generate`
+describes it) and write them through the model's codec (`session.codec`: headers, bar runs,
+whole tracks, fill placeholders), so a prompt has the layout of a training sample; the loop
 knows the model, the KV cache and the sampler. A `Row` is one batch row: its plan, its
 grammar and random generator, and the notes it has written so far.
 """
@@ -17,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-from bandmate.models.codec import density_bucket, piece_bars
+from bandmate.models.codec import EMPTY_BAR
 from bandmate.models.generate_types import BarDone, GenerationError
 from bandmate.models.grammar import BarGrammar, pitch_mask
 from bandmate.models.midi_merge import summarise
@@ -29,11 +31,9 @@ from bandmate.models.vocab import (
     BAR_START,
     DENSITY0,
     FILL_END,
-    FILL_IN,
     FILL_START,
     PIECE_START,
     TRACK_END,
-    TRACK_START,
 )
 
 log = logging.getLogger("bandmate.models.generate")  # the name these messages always had
@@ -144,31 +144,11 @@ class Job:
 # ------------------------------------------------------------------------------ helpers
 
 
-def _header(session: ModelSession, label: str, density: int | None) -> list[int]:
-    # A prompt read for another scheme (live capture, another model) as this model labels it.
-    h = [TRACK_START, session.vocab.inst_id(session.config.model_label(label))]
-    if density is not None and session.config.density_bins:
-        h.append(DENSITY0 + density)
-    return h
-
-
-def _density_of(session: ModelSession, count: int, bars: int) -> int | None:
-    """DENSITY bucket of a track playing ``count`` notes in ``bars`` bars, scaled to the
-    model's window (the bucket edges count notes per sample)."""
-    cfg = session.config
-    if not cfg.density_bins:
-        return None
-    if not cfg.density_edges:
-        return cfg.density_bins // 2
-    scaled = count * cfg.bars / max(bars, 1)
-    return min(density_bucket(round(scaled), cfg.density_edges), cfg.density_bins - 1)
-
-
-def _bar_runs(piece: Piece, start_bar: int, n_bars: int) -> list[list[int]]:
+def _bar_runs(session: ModelSession, piece: Piece, start_bar: int, n_bars: int) -> list[list[int]]:
     """Per track, the tokens of bars ``start_bar .. start_bar + n_bars - 1``."""
     if n_bars <= 0:
         return [[] for _ in piece.tracks]
-    tb = piece_bars(piece, start_bar, n_bars)
+    tb = session.codec.bars(piece, start_bar, n_bars)
     return [tb.window(i, 0, n_bars).tolist() for i in range(len(piece.tracks))]
 
 
@@ -226,7 +206,7 @@ class ContinueJob(Job):
         lo = max(0, prompt.bars - w) * S
         for i, t in enumerate(prompt.tracks):
             n = sum(1 for x in t.notes if x.start >= lo)
-            self.density[i] = _density_of(session, n, min(w, prompt.bars) or 1)
+            self.density[i] = session.codec.density(n, min(w, prompt.bars) or 1)
         self.windows = list(range(prompt.bars, prompt.bars + bars))
         self._fit()
 
@@ -236,7 +216,7 @@ class ContinueJob(Job):
         room = len(self.chosen) * (MIN_ROOM_PER_BAR + 2)
         def size() -> int:
             # Generated bars are estimated by the prompt's last bars (same tracks, same style).
-            runs = _bar_runs(self.prompt, self.prompt.bars - self.known, self.known)
+            runs = _bar_runs(self.session, self.prompt, self.prompt.bars - self.known, self.known)
             n = 1
             for i in self.context_tracks:
                 chosen = i in self.chosen
@@ -266,15 +246,16 @@ class ContinueJob(Job):
         b = int(window)  # type: ignore[call-overload]
         known = min(self.known, b)
         piece = self.row_piece(row)
-        runs = _bar_runs(piece, b - known, known)
+        codec = self.session.codec
+        runs = _bar_runs(self.session, piece, b - known, known)
         plan: list[Action] = [Force((PIECE_START,))]
         for i in self.context_tracks:
             t = piece.tracks[i]
             chosen = i in self.chosen
             if not chosen and not _nonempty(runs[i], known):  # silent in the window: left out
                 continue
-            plan.append(Force(tuple(_header(self.session, t.inst, self.density[i]) + runs[i])))
-            plan.append(Bar(i, b) if chosen else Force((BAR_START, BAR_END)))
+            plan.append(Force(tuple(codec.header(t.inst, self.density[i]) + runs[i])))
+            plan.append(Bar(i, b) if chosen else Force(EMPTY_BAR))
             plan.append(Force((TRACK_END,)))
         plan.append(Emit(BarDone(b)))
         return plan
@@ -357,7 +338,7 @@ class AddJob(Job):
         while True:
             worst = 0
             for b0 in range(0, max(1, self.prompt.bars - self.window + 1)):
-                runs = _bar_runs(self.prompt, b0, self.window)
+                runs = _bar_runs(self.session, self.prompt, b0, self.window)
                 n = 1 + sum(
                     4 + len(runs[i]) for i in self.context_tracks if _nonempty(runs[i], self.window)
                 )
@@ -391,26 +372,25 @@ class AddJob(Job):
         b0, b1 = window  # type: ignore[misc]
         piece = self.row_piece(row)
         n = b1 - b0
-        tb = piece_bars(piece, b0, n)
+        codec = self.session.codec
+        tb = codec.bars(piece, b0, n)
         plan: list[Action] = [Force((PIECE_START,))]
         for i in self.context_tracks:
             count = int(tb.onsets[i].sum())
             if count:
-                t = piece.tracks[i]
-                dens = _density_of(self.session, count, n)
-                toks = _header(self.session, t.inst, dens) + tb.window(i, 0, n).tolist()
-                plan.append(Force((*toks, TRACK_END)))
-        head = [TRACK_START, self.session.vocab.inst_id(self.label)]
-        bins = self.session.config.density_bins
+                dens = codec.density(count, n)
+                plan.append(Force(tuple(codec.track(tb, i, piece.tracks[i].inst, dens))))
         first = b0 == 0
         new_from = b0 if first else b1 - 1  # bars before this one were written by earlier windows
-        if bins and self.density is None and "density" not in row.choices:
-            plan.append(Force(tuple(head)))
-            plan.append(Choose(tuple(range(DENSITY0, DENSITY0 + bins)), "density"))
+        d = self.density
+        if d is None and "density" in row.choices:
+            d = row.choices["density"] - DENSITY0
+        if self.session.config.density_bins and d is None:  # the model picks it, once
+            plan.append(Force(tuple(codec.header(self.label))))
+            plan.append(Choose(codec.density_ids(), "density"))
             head = []
-        elif bins:
-            d = self.density if self.density is not None else row.choices["density"] - DENSITY0
-            head.append(DENSITY0 + d)
+        else:
+            head = codec.header(self.label, d)
         known = tb.window(self.new_index, 0, new_from - b0).tolist()
         plan.append(Force(tuple(head + known)))
         for b in range(new_from, b1):
@@ -466,19 +446,15 @@ class InfillJob(Job):
         b0, b1 = window  # type: ignore[misc]
         n = b1 - b0
         piece = self.row_piece(row)
-        tb = piece_bars(piece, b0, n)
+        codec = self.session.codec
+        tb = codec.bars(piece, b0, n)
         plan: list[Action] = [Force((PIECE_START,))]
         for i, t in enumerate(piece.tracks):
-            if i != self.track and int(tb.onsets[i].sum()) == 0:
-                continue
             count = int(tb.onsets[i].sum())
-            toks = _header(self.session, t.inst, _density_of(self.session, count, n))
-            for b in range(n):
-                if i == self.track and b0 + b in self.fill:
-                    toks += [BAR_START, FILL_IN, BAR_END]
-                else:
-                    toks += tb.window(i, b, 1).tolist()
-            plan.append(Force((*toks, TRACK_END)))
+            if i != self.track and count == 0:
+                continue
+            fills = [b - b0 for b in self.fill] if i == self.track else ()
+            plan.append(Force(tuple(codec.track(tb, i, t.inst, codec.density(count, n), fills))))
         for b in self.fill:
             plan.append(Bar(self.track, b, FILL_START, FILL_END))
             plan.append(Emit(BarDone(b)))

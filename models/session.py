@@ -25,6 +25,7 @@ exports, fp16, CUDA) use `KVCache` over the contract graph.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bandmate.models.codec import Codec
 from bandmate.models.config import CodecConfig
 from bandmate.models.kv_cache import ContextFull, InPlaceKVCache, KVBuffers, KVCache
 from bandmate.models.model_folder import (
@@ -115,6 +117,12 @@ class ModelSession:
     fast: bool = False  # onnx_session is the in-place decode graph (InPlaceKVCache)
     _pool: dict = field(default_factory=dict, repr=False)  # batch -> [KVBuffers, ...]
     _pool_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @functools.cached_property
+    def codec(self) -> Codec:
+        """The model's codec: every prompt plan is written through it (built once, not per
+        plan, with the session's vocabulary)."""
+        return Codec(self.config, self.vocab)
 
     @property
     def past_names(self) -> list[str]:

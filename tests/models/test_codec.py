@@ -8,17 +8,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 from bandmate.models.codec import (
+    FILL_BAR,
+    Codec,
     decode,
     density_bucket,
     encode_piece,
     encode_track,
+    fill_density_slots,
     segment_bars,
     split_at_bars,
 )
 from bandmate.models.config import CodecConfig
 from bandmate.models.midi_io import arrays_to_piece, read_midi, read_segments_arrays, write_midi
 from bandmate.models.types import Note, Piece, Track
-from bandmate.models.vocab import Vocab
+from bandmate.models.vocab import DENSITY0, FILL_END, FILL_START, Vocab
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -223,3 +226,98 @@ def test_segment_bars_windows_are_slices() -> None:
     assert tb.onsets.tolist() == [[1, 2, 1]]
     whole = tb.window(0, 0, 3)
     assert np.array_equal(np.concatenate([tb.window(0, b, 1) for b in range(3)]), whole)
+
+
+# --------------------------------------------------------------------------- the codec object
+
+BAND = CodecConfig(label_scheme="gm-family", density_bins=4, density_edges=(12, 28, 52))
+DENSE = CodecConfig(voices=SATB.voices, density_bins=4, density_edges=(2, 5, 9))
+
+
+def test_header_is_the_one_track_header() -> None:
+    c = Codec(DENSE)
+    assert DENSE.vocab.decode(c.header("BASS", 2)) == ["TRACK_START", "INST=BASS", "DENSITY=2"]
+    assert DENSE.vocab.decode(c.header("33")) == ["TRACK_START", "INST=33"]
+    assert Codec(SATB).header("BASS", 2) == Codec(SATB).header("BASS")  # no bins: no DENSITY
+    band = Codec(BAND)  # a prompt labelled under another scheme is written as the model labels
+    for label, want in (("33", "INST=32"), ("BASS", "INST=32"), ("DRUMS", "INST=DRUMS")):
+        assert BAND.vocab.decode(band.header(label))[1] == want
+    with pytest.raises(ValueError, match="density"):
+        c.header("BASS", 4)
+    assert Codec.of(DENSE) is Codec.of(DENSE)
+    assert c.density_ids() == (DENSITY0, DENSITY0 + 1, DENSITY0 + 2, DENSITY0 + 3)
+
+
+def test_density_is_scaled_to_the_models_window() -> None:
+    c = Codec(DENSE)
+    assert [c.density(n) for n in (0, 2, 3, 5, 6, 9, 10, 100)] == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert c.density(10, bars=8) == c.density(5) == 1  # 10 notes in 8 bars = 5 in a sample
+    assert Codec(SATB).density(10) is None
+    assert Codec(CodecConfig(density_bins=4)).density(10) == 2  # no edges yet: the middle
+
+
+@settings(max_examples=150, deadline=None)
+@given(pieces(), st.booleans())
+def test_sample_is_header_bars_track_end_of_each_track(piece: Piece, keep_empty: bool) -> None:
+    c = Codec(DENSE)
+    tb = c.bars(piece)
+    want = [2]  # PIECE_START
+    for i, t in enumerate(piece.tracks):
+        n = int(tb.onsets[i].sum())
+        if n or keep_empty:
+            want += c.track(tb, i, t.inst, c.density(n))
+    assert c.sample(piece, keep_empty=keep_empty).tolist() == want
+    assert encode_piece(piece, DENSE, keep_empty=keep_empty).tolist() == want
+
+
+@settings(max_examples=150, deadline=None)
+@given(pieces(), st.integers(1, 3), st.booleans())
+def test_windows_of_a_segment_are_the_samples_of_each_window(
+    piece: Piece, n: int, density: bool
+) -> None:
+    """Prepare's fast path (every window at once) writes exactly `Codec.sample` per window."""
+    c = Codec(DENSE if density else SATB)
+    tb = c.bars(piece)
+    starts = np.arange(0, max(piece.bars - n + 1, 0), dtype=np.int64)
+    w = c.windows(tb, [t.inst for t in piece.tracks], starts, n, density)
+    want = {int(s): c.sample(piece, int(s), n) for s in starts}
+    want = {s: v for s, v in want.items() if len(v) > 1}
+    if w is None:
+        assert not want
+        return
+    tokens = w.tokens.copy()
+    fill_density_slots(tokens, w.slot_pos, w.slot_count, DENSE.density_edges)
+    assert (w.tokens[w.slot_pos] == DENSITY0).all() and len(w.slot_pos) == density * len(w.track)
+    offs = np.concatenate([[0], np.cumsum(w.lengths)])
+    got = {int(s): tokens[offs[k] : offs[k + 1]] for k, s in enumerate(w.starts)}
+    assert got.keys() == want.keys()
+    for s in got:
+        np.testing.assert_array_equal(got[s], want[s])
+
+
+def test_fill_placeholders_and_fill_blocks_round_trip() -> None:
+    c = Codec(DENSE)
+    alto = (Note(0, 60, 16), Note(16, 62, 24), Note(36, 64, 40))
+    piece = Piece((Track("ALTO", alto), Track("BASS", (Note(0, 40, 48),))), 3)
+    tb = c.bars(piece)
+    filled = c.track(tb, 0, "ALTO", 1, fills={1})
+    bar = [tb.window(0, b, 1).tolist() for b in range(3)]
+    assert filled == [*c.header("ALTO", 1), *bar[0], *FILL_BAR, *bar[2], 4]  # 4: TRACK_END
+    ids = [2, *filled, *c.track(tb, 1, "BASS", 1)]
+    ids += [FILL_START, *tb.window(0, 1, 1)[1:-1].tolist(), FILL_END]
+    got = c.decode(ids, bars=3)
+    assert got.repairs == []
+    assert list(got.piece.tracks[0].notes) == list(alto)
+
+
+def test_synthetic_samples_are_codec_samples() -> None:
+    from support.models import CHORALE_CODEC
+    from support.synthetic import synthetic_sample
+
+    c = Codec.of(CHORALE_CODEC)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        ids = synthetic_sample(rng, CHORALE_CODEC, 4)
+        d = c.decode(ids, bars=4)
+        assert d.repairs == []
+        assert c.sample(d.piece, densities=d.densities).tolist() == ids.tolist()

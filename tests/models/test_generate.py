@@ -181,6 +181,51 @@ def test_infill_on_a_fill_model(model_dir, prompt, tmp_path):
         G.infill(s, read_midi(CHORALE, s.config), 0, [0, 5])
 
 
+def test_prompt_plans_are_written_by_the_models_codec(sess, prompt, model_dir, tmp_path):
+    """Every task's prompt is `Codec` output: the codec's sample of the window, its headers,
+    its fill placeholders (no private copy of the layout in the plans)."""
+    from bandmate.models.codec import EMPTY_BAR, FILL_BAR
+    from bandmate.models.generate_jobs import AddJob, Bar, ContinueJob, Force, InfillJob, Row
+    from bandmate.models.vocab import FILL_END, FILL_START, TRACK_END
+
+    codec = sess.codec
+    assert codec is sess.codec and codec.config == sess.config and codec.vocab == sess.vocab
+    s = SamplingConfig(seed=0)
+    row = Row(0, np.random.default_rng(0), None, {})  # type: ignore[arg-type]
+
+    def forced(plan) -> list[int]:
+        return [x for a in plan if isinstance(a, Force) for x in a.ids]
+
+    assert prompt.bars == sess.bars == 4
+    add = AddJob(sess, prompt, "bass", 1, s)
+    plan = add.plan(row, add.windows[0])
+    want = [*codec.sample(prompt, 0, 4).tolist(), *codec.header("BASS", 1), TRACK_END]
+    assert forced(plan) == want
+    assert [a.bar for a in plan if isinstance(a, Bar)] == [0, 1, 2, 3]
+
+    cont = ContinueJob(sess, prompt, 1, None, s)
+    plan = cont.plan(row, 4)
+    dens = [cont.density[i] for i in range(len(prompt.tracks))]
+    want = codec.sample(prompt, 1, 3, dens, keep_empty=True).tolist()
+    assert [x for a in plan if isinstance(a, Force) and a.ids != EMPTY_BAR for x in a.ids] == want
+    assert [a.track for a in plan if isinstance(a, Bar)] == [0, 1, 2, 3]
+
+    dst = tmp_path / "fills"
+    shutil.copytree(model_dir, dst)
+    meta = json.loads((dst / "bandmate.json").read_text())
+    (dst / "bandmate.json").write_text(json.dumps({**meta, "fills": True}))
+    fs = ModelSession.load(dst)
+    job = InfillJob(fs, prompt, 1, [1, 2], s)
+    plan = job.plan(row, job.windows[0])
+    got = forced(plan)
+    k = next(i for i in range(len(got)) if tuple(got[i : i + 3]) == FILL_BAR)
+    assert tuple(got[k + 3 : k + 6]) == FILL_BAR
+    unfilled = [*got[:k], *EMPTY_BAR, *EMPTY_BAR, *got[k + 6 :]]
+    assert unfilled == fs.codec.sample(job.result, 0, 4).tolist()
+    fills = [(a.track, a.bar, a.start, a.end) for a in plan if isinstance(a, Bar)]
+    assert fills == [(1, 1, FILL_START, FILL_END), (1, 2, FILL_START, FILL_END)]
+
+
 @pytest.fixture(scope="session")
 def small_ctx(tmp_path_factory):
     from support.models import export_random

@@ -1,9 +1,9 @@
 """Synthetic prepared data: mmmtrack-shaped random token samples in the shard layout.
 
 For benchmarks (``bench/train_gpu.py`` measures throughput, not music) and for tests of the
-training loop that must not depend on a MIDI corpus. The samples follow the token grammar
-(PIECE_START, then per voice TRACK_START INST DENSITY, bars of note on / time / note off,
-TRACK_END), so a model trained on them does learn something and its loss falls.
+training loop that must not depend on a MIDI corpus. The samples are random melodies encoded
+by the codec (`Codec.sample`), so they have the layout of real samples and a model trained on
+them does learn something and its loss falls.
 The files follow docs/contracts.md ("Prepared data") exactly.
 """
 
@@ -13,40 +13,38 @@ import json
 from pathlib import Path
 
 import numpy as np
+from bandmate.models.codec import Codec
 from bandmate.models.config import CodecConfig
-from bandmate.models.vocab import (
-    BAR_END,
-    BAR_START,
-    NOTE_OFF0,
-    NOTE_ON0,
-    PIECE_START,
-    TIME_DELTA0,
-    TRACK_END,
-    TRACK_START,
-)
+from bandmate.models.types import Note, Piece, Track
+
+
+def synthetic_piece(
+    rng: np.random.Generator, codec: CodecConfig, bars: int = 4
+) -> tuple[Piece, list[int | None]]:
+    """Every voice of the codec, ``bars`` bars of random stepwise melody filling each bar,
+    and a random DENSITY per voice (None without bins): music, not tokens, so that the
+    layout comes from the codec like every other sample."""
+    voices = codec.voices or ("0",)
+    tracks, densities = [], []
+    for v, label in enumerate(voices):
+        densities.append(int(rng.integers(codec.density_bins)) if codec.density_bins else None)
+        pitch = 72 - 7 * v + int(rng.integers(-3, 4))
+        notes = []
+        for b in range(bars):
+            t = b * 16
+            while t < (b + 1) * 16:
+                d = int(min((b + 1) * 16 - t, rng.choice([2, 4, 4, 8])))
+                pitch = int(np.clip(pitch + rng.integers(-2, 3), 30, 90))
+                notes.append(Note(t, pitch, t + d))
+                t += d
+        tracks.append(Track(label, tuple(notes)))
+    return Piece(tuple(tracks), bars), densities
 
 
 def synthetic_sample(rng: np.random.Generator, codec: CodecConfig, bars: int = 4) -> np.ndarray:
-    """One sample: every voice of the codec, ``bars`` bars of random stepwise melody."""
-    vocab = codec.vocab
-    out = [PIECE_START]
-    voices = codec.voices or ("0",)
-    for v, label in enumerate(voices):
-        out += [TRACK_START, vocab.inst_id(label)]
-        if codec.density_bins:
-            out.append(vocab.density_id(int(rng.integers(codec.density_bins))))
-        pitch = 72 - 7 * v + int(rng.integers(-3, 4))
-        for _ in range(bars):
-            out.append(BAR_START)
-            left = 16
-            while left > 0:
-                d = int(min(left, rng.choice([2, 4, 4, 8])))
-                pitch = int(np.clip(pitch + rng.integers(-2, 3), 30, 90))
-                out += [NOTE_ON0 + pitch, TIME_DELTA0 + d, NOTE_OFF0 + pitch]
-                left -= d
-            out.append(BAR_END)
-        out.append(TRACK_END)
-    return np.asarray(out, np.uint16)
+    """One sample of a `synthetic_piece`, encoded by the codec."""
+    piece, densities = synthetic_piece(rng, codec, bars)
+    return Codec.of(codec).sample(piece, densities=densities).astype(np.uint16)
 
 
 def write_synthetic_data(

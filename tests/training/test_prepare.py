@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bandmate.models.codec import decode, encode_piece
+from bandmate.models.codec import Codec, decode, encode_piece
+from bandmate.models.config import CodecConfig
 from bandmate.models.midi_io import read_midi_segments, write_midi
 from bandmate.models.types import DRUM_CHANNEL, Note, Piece, Track
 from bandmate.models.vocab import DENSITY0, PIECE_START, Vocab
@@ -164,6 +165,27 @@ def test_samples_equal_codec_windows_with_transpositions(tmp_path, bars, hop, se
         )
     # The low track of seed 0 reaches pitch 2: some downward shifts must have been skipped.
     assert len(want) < len(shifts) * enc.n_orig
+
+
+@pytest.mark.parametrize("labels", ["program", "gm-family"])
+def test_prepared_samples_are_codec_samples(tmp_path, labels):
+    """What `bandmate prepare` writes is `Codec.sample` of each window, DENSITY included."""
+    src = tmp_path / "src"
+    src.mkdir()
+    write_midi(random_piece(4), src / "p.mid")
+    out = tmp_path / "out"
+    args = ["--transpose", "0:0", "--density-bins", 3, "--labels", labels, "--workers", 1]
+    assert run_cli(src, "-o", out, *args) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    codec = Codec.of(CodecConfig.from_json(m["codec"]))
+    assert codec.config.density_edges and codec.config.label_scheme == labels
+    (piece,) = read_midi_segments(src / "p.mid", codec.config)
+    want = [codec.sample(piece, b, 4) for b in range(piece.bars - 3)]
+    got = [np.asarray(s[i]) for split in ("train", "val") for s in [open_split(out, split)]
+           for i in range(len(s))]
+    assert len(got) == len(want) > 3
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)
 
 
 def test_density_slots_carry_note_counts(tmp_path):

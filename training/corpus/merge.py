@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from bandmate.models.vocab import DENSITY0, Vocab
+from bandmate.models.codec import fill_density_slots
+from bandmate.models.vocab import Vocab
 from bandmate.training.corpus.chunks import chunk_path, kept_stats, load_chunk, unit_summary
 from bandmate.training.corpus.config import PrepareConfig
 from bandmate.training.corpus.samples import density_edges_from_hist
@@ -173,9 +174,7 @@ def _unit_split_tokens(
 ) -> tuple[np.ndarray, np.ndarray]:
     """A work unit's tokens (DENSITY filled) and sample lengths for one split."""
     tokens, lengths = z["tokens"], z["lengths"]
-    if len(edges) or len(z["slot_pos"]):
-        b = np.searchsorted(np.asarray(edges, np.float64), z["slot_count"], side="left")
-        tokens[z["slot_pos"]] = DENSITY0 + b
+    fill_density_slots(tokens, z["slot_pos"], z["slot_count"], edges)
     ssel = _sample_mask(z["meta"], keep, split)
     if ssel.all():
         return tokens, lengths

@@ -3,10 +3,12 @@
 Why a module of its own: this is the pure core of ``bandmate prepare`` (numpy in, numpy
 out; no files written, no processes), the part a reader checks against docs/mmmtrack.md and
 docs/prepare.md ("What a sample is"). All per-note work is numpy: the codec tokenises every
-bar of a segment at once (`segment_bars`), and a sample of a window is a gather of ranges of
-that array (`encode_segment`), with transposition as one masked add per shift. DENSITY needs
-corpus statistics, so a sample leaves a slot per track and records its note count; the merge
-fills the slots from the quantiles of those counts (`density_edges_from_hist`).
+bar of a segment at once (`Codec.bars`) and lays out the samples of every window in one
+gather of ranges of that array (`Codec.windows`: the layout lives only in the codec); this
+module chooses the windows and adds the transpositions, one masked add per shift
+(`encode_segment`). DENSITY needs corpus statistics, so a sample leaves a slot per track and
+records its note count; the merge fills the slots from the quantiles of those counts
+(`density_edges_from_hist`).
 """
 
 from __future__ import annotations
@@ -17,22 +19,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
-from bandmate.models.codec import segment_bars
-from bandmate.models.config import CodecConfig
+from bandmate.models.codec import Codec
 from bandmate.models.midi_io import MidiError, SegmentArrays, read_segments_arrays
-from bandmate.models.vocab import (
-    DENSITY0,
-    NOTE_OFF0,
-    NOTE_ON0,
-    PIECE_START,
-    TRACK_END,
-    TRACK_START,
-    Vocab,
-)
+from bandmate.models.vocab import NOTE_OFF0, NOTE_ON0, Vocab
 from bandmate.training.corpus.config import PrepareConfig
 
 _NOTE_END = NOTE_OFF0 + 128  # NOTE_ON and NOTE_OFF ids are [NOTE_ON0, _NOTE_END)
-_CONSTS = np.array([PIECE_START, TRACK_START, TRACK_END, DENSITY0], np.int32)
 #: Tracks x bars of one 4/4 stretch above which a file is refused: the per-bar arrays would
 #: take gigabytes (a damaged delta time can put a note days after the others).
 MAX_TRACK_BARS = 8_000_000
@@ -67,15 +59,6 @@ def empty_encoded() -> Encoded:
     return Encoded(np.zeros(0, np.uint16), z, 0, z, z)
 
 
-def _ranges(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
-    """``concatenate([arange(s, s + n) for s, n in zip(starts, lens)])`` without a loop."""
-    total = int(lens.sum())
-    if total == 0:
-        return np.zeros(0, np.int64)
-    excl = np.cumsum(lens) - lens
-    return np.arange(total, dtype=np.int64) + np.repeat(starts - excl, lens)
-
-
 def _window_min(x: np.ndarray, starts: np.ndarray, n: int, op: Callable) -> np.ndarray:
     """``op`` (np.min or np.max) over each window of ``n`` values of ``x`` at ``starts``."""
     return op(np.lib.stride_tricks.sliding_window_view(x, n)[starts], axis=1)
@@ -83,7 +66,7 @@ def _window_min(x: np.ndarray, starts: np.ndarray, n: int, op: Callable) -> np.n
 
 def encode_segment(
     seg: SegmentArrays,
-    vocab: Vocab,
+    codec: Codec,
     bars: int,
     hop: int,
     shifts: Sequence[int] = (),
@@ -91,60 +74,24 @@ def encode_segment(
 ) -> tuple[list[tuple[np.ndarray, ...]], int]:
     """Samples of every ``bars``-bar window of a 4/4 segment (window starts ``0, hop, ...``).
 
-    A sample is PIECE_START, then for each track with notes in the window (in track order)
-    ``TRACK_START INST [DENSITY] bar*bars TRACK_END``; a window without notes is no sample.
-    Returns parts ``(tokens, lengths, slot_pos, slot_count)``: the un-augmented samples,
-    then one part per valid transposition, and the number of un-augmented samples.
+    The layout is the codec's (`Codec.windows`: PIECE_START, then per track with notes in the
+    window its header, bars and TRACK_END); what is prepare's own is which windows, and the
+    transpositions. Returns parts ``(tokens, lengths, slot_pos, slot_count)``: the
+    un-augmented samples, then one part per valid transposition, and the number of
+    un-augmented samples.
     """
     n_tracks, n_bars_seg = len(seg.tracks), seg.bars
     if n_tracks == 0 or n_bars_seg < bars:
         return [], 0
-    tb = segment_bars(seg)
+    tb = codec.bars(seg)
     starts = np.arange(0, n_bars_seg - bars + 1, hop, dtype=np.int64)
-    cs = np.zeros((n_tracks, n_bars_seg + 1), np.int64)
-    np.cumsum(tb.onsets, axis=1, out=cs[:, 1:])
-    counts = cs[:, starts + bars] - cs[:, starts]  # (tracks, windows)
-    present = counts > 0
-    keep = present.any(axis=0)
-    if not keep.all():
-        if not keep.any():
-            return [], 0
-        starts, counts, present = starts[keep], counts[:, keep], present[:, keep]
+    w = codec.windows(tb, [t.label for t in seg.tracks], starts, bars, density)
+    if w is None:
+        return [], 0
+    starts, tokens, lengths, ww = w.starts, w.tokens, w.lengths, w.window
     n_win = len(starts)
-    ww, tt = np.nonzero(present.T)  # pairs (window, track), window-major, tracks in order
-    n_pairs = len(ww)
-    body_start = tb.offsets[tt, starts[ww]]
-    body_len = tb.offsets[tt, starts[ww] + bars] - body_start
-    n_ids = len(tb.ids)
-    ids_of = vocab.ids
-    inst = np.array([ids_of["INST=" + t.label] for t in seg.tracks], np.int32)
-    src = np.concatenate([tb.ids, _CONSTS, inst])
-    c_ps, c_ts, c_te, c_d, c_inst = n_ids, n_ids + 1, n_ids + 2, n_ids + 3, n_ids + 4
-    # Ranges of `src` per pair: PIECE_START (length 1 only for a window's first pair),
-    # TRACK_START, INST, [DENSITY], the bars, TRACK_END.
-    k = 6 if density else 5
-    body_col = k - 2
-    first = np.ones(n_pairs, bool)
-    first[1:] = ww[1:] != ww[:-1]
-    rs = np.empty((n_pairs, k), np.int64)
-    rl = np.ones((n_pairs, k), np.int64)
-    rs[:, 0] = c_ps
-    rl[:, 0] = first
-    rs[:, 1] = c_ts
-    rs[:, 2] = c_inst + tt
     if density:
-        rs[:, 3] = c_d
-    rs[:, body_col] = body_start
-    rl[:, body_col] = body_len
-    rs[:, k - 1] = c_te
-    rl = rl.ravel()
-    tokens = src[_ranges(rs.ravel(), rl)]
-    first_pair = np.flatnonzero(first)
-    pair_len = (k - 2) + body_len + first
-    lengths = np.add.reduceat(pair_len, first_pair)
-    if density:
-        slot_pos = np.cumsum(pair_len) - pair_len + first + 2  # after [PS] TS INST
-        slot_count = counts[tt, ww]
+        slot_pos, slot_count = w.slot_pos, w.slot_count
     else:
         slot_pos = slot_count = np.zeros(0, np.int64)
     parts = [(tokens, lengths, slot_pos, slot_count)]
@@ -153,10 +100,8 @@ def encode_segment(
     pitched = ~np.fromiter((t.is_drum for t in seg.tracks), bool, n_tracks)
     if not pitched.any():
         return parts, n_win  # drums are never transposed: every shift would be a copy
-    # Which tokens move: NOTE_ON/NOTE_OFF of pitched tracks.
-    range_pitched = np.zeros((n_pairs, k), bool)
-    range_pitched[:, body_col] = pitched[tt]
-    movable = np.repeat(range_pitched.ravel(), rl)
+    # Which tokens move: NOTE_ON/NOTE_OFF in the bars of pitched tracks.
+    movable = w.body_mask(pitched[w.track])
     movable &= (tokens >= NOTE_ON0) & (tokens < _NOTE_END)
     # Pitch range of pitched tracks per window, from the per-bar token runs.
     ids = tb.ids
@@ -219,14 +164,15 @@ def _concat_parts(parts: list[tuple[np.ndarray, ...]], n_orig: int) -> Encoded:
 
 
 @functools.lru_cache(maxsize=8)
-def codec_vocab(cfg: PrepareConfig, meter: str | None = None) -> tuple[CodecConfig, Vocab]:
+def prepare_codec(cfg: PrepareConfig, meter: str | None = None) -> Codec:
     """Built once per run: a Vocab costs more to build than a small file costs to encode."""
-    codec = cfg.codec()
+    config = cfg.codec()
+    if meter is not None and meter != config.meter:
+        config = replace(config, meter=meter)
+    codec = Codec.of(config)
     if codec.vocab.size > 0xFFFF:
         raise ValueError(f"a vocabulary of {codec.vocab.size} tokens does not fit in uint16")
-    if meter is not None and meter != codec.meter:
-        codec = replace(codec, meter=meter)
-    return codec, codec.vocab
+    return codec
 
 
 def encode_file(
@@ -237,8 +183,8 @@ def encode_file(
 ) -> Encoded:
     """All samples of one MIDI file (raises MidiError when the file is unusable);
     ``meter`` overrides the config's (a per-source meter)."""
-    codec, vocab = codec_vocab(cfg, meter)
-    segs = read_segments_arrays(src, codec)
+    codec = prepare_codec(cfg, meter)
+    segs = read_segments_arrays(src, codec.config)
     if not segs:
         raise MidiError(
             "no bars in 4/4 time (if its time signatures are wrong: --meter assume-4/4)"
@@ -255,7 +201,7 @@ def encode_file(
     aug: list[tuple[np.ndarray, ...]] = []
     n_orig = 0
     for seg in segs:
-        parts, n = encode_segment(seg, vocab, cfg.bars, cfg.window_hop, shifts, density)
+        parts, n = encode_segment(seg, codec, cfg.bars, cfg.window_hop, shifts, density)
         if parts:
             orig.append(parts[0])
             aug.extend(parts[1:])

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from bandmate.models.codec import fill_density_slots
 from bandmate.models.midi_io import MidiError
-from bandmate.models.vocab import DENSITY0
 from bandmate.training.corpus.chunks import (
     LEAD,
     FileResult,
@@ -35,10 +35,10 @@ from bandmate.training.corpus.listing import (
     split_of,
 )
 from bandmate.training.corpus.samples import (
-    codec_vocab,
     empty_encoded,
     encode_file,
     label_counts,
+    prepare_codec,
 )
 
 
@@ -103,7 +103,7 @@ def encode_source(f: SourceFile, cfg: PrepareConfig) -> FileResult:
     except Exception as e:  # a bug or a parser failure on odd data: skip, never stop the batch
         enc = empty_encoded()
         reason = f"unexpected error ({type(e).__name__}: {e}); please report this file"
-    labels = label_counts(enc.tokens, codec_vocab(cfg)[1]) if reason is None else {}
+    labels = label_counts(enc.tokens, prepare_codec(cfg).vocab) if reason is None else {}
     return FileResult(f.path, digest.hex(), split, reason, enc, labels)
 
 
@@ -155,9 +155,7 @@ def write_unit(task: tuple, scratch: Scratch) -> int:
         lengths = np.frombuffer(fh.read(sizes[1]), np.int64)
         slot_pos = np.frombuffer(fh.read(sizes[2]), np.int64)
         slot_count = np.frombuffer(fh.read(sizes[3]), np.int64)
-    if len(slot_pos):
-        b = np.searchsorted(np.asarray(edges, np.float64), slot_count, side="left")
-        tokens[slot_pos] = DENSITY0 + b
+    fill_density_slots(tokens, slot_pos, slot_count, edges)
     cum = np.zeros(len(lengths) + 1, np.int64)
     np.cumsum(lengths, out=cum[1:])
     written = 0
