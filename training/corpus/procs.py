@@ -24,11 +24,12 @@ log = logging.getLogger("bandmate.prepare")
 
 
 def mp_context() -> BaseContext:
-    """Fork where there is one, else spawn (macOS, Windows)."""
-    # fork starts workers in milliseconds (spawn re-imports numpy and symusic per worker);
-    # nothing here depends on inherited state, so spawn works too where fork is missing.
-    methods = mp.get_all_start_methods()
-    return mp.get_context("fork" if "fork" in methods else "spawn")
+    """Fork on Linux, spawn elsewhere (macOS, Windows)."""
+    # fork starts workers in milliseconds (spawn re-imports numpy and symusic per worker:
+    # bench/results/prepare-pool.json). On macOS fork exists but is unsafe once system
+    # frameworks have started threads (Python itself defaults to spawn there), so it is used
+    # on Linux only; nothing here depends on inherited state, so spawn works as well.
+    return mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
 
 
 def keep_heap() -> None:
