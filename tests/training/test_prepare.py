@@ -407,6 +407,34 @@ def test_worker_crash_skips_only_that_file(corpus, tmp_path):
     assert m["files_total"] == mr["files_total"]
 
 
+def test_a_worker_that_dies_writing_the_merge_costs_nothing(corpus, tmp_path, monkeypatch,
+                                                           caplog):
+    """The merge's writes are shared out to the workers: one that dies there has its part
+    written by the parent (no replacement is forked beside the merge's sync threads), and the
+    output is the same bytes."""
+    import os
+
+    from bandmate.training.corpus import workers as corpus_workers
+
+    src, _ = corpus
+    argv = ("--workers", 2, "--chunk-files", 2)
+    ref = tmp_path / "ref"
+    assert run_cli(src, "-o", ref, *argv) == 0
+    parent, real = os.getpid(), corpus_workers.write_group
+
+    def dies_in_a_worker(tasks, scratch=None):
+        if os.getpid() != parent:
+            os._exit(70)
+        return real(tasks, scratch)
+
+    monkeypatch.setattr(corpus_workers, "write_group", dies_in_a_worker)
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING", logger="bandmate.prepare"):
+        assert run_cli(src, "-o", out, *argv) == 0
+    assert "a worker died during the merge" in caplog.text
+    assert read_tree(out) == read_tree(ref)
+
+
 @pytest.mark.skipif(not hasattr(__import__("signal"), "setitimer"), reason="POSIX timers")
 def test_a_file_that_never_finishes_is_skipped_after_the_timeout(corpus, tmp_path):
     """A parser stuck on a damaged file would stall the batch for ever: the file is given

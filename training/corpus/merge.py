@@ -235,17 +235,20 @@ def write_shards(
         for split in SPLITS
         for k, f in enumerate(plans[split][1])
     ]
+    if parallel:
+        # Largest first, each to the least loaded worker: one message per worker. Handed out
+        # before the sync threads start, because handing out may start (fork) a worker, and
+        # a process forked while other threads run can inherit a lock held by one of them.
+        groups: list[list[tuple]] = [[] for _ in range(workers.n)]
+        load = [0] * workers.n
+        for j in sorted(range(len(tasks)), key=lambda j: -sizes[j]):
+            w = load.index(min(load))
+            groups[w].append(tasks[j])
+            load[w] += sizes[j] + 1
+        workers.send_writes(groups)
     with ThreadPoolExecutor(max_workers=len(small) + len(shards)) as ex:
         synced = [ex.submit(sync_file, tmp) for tmp, _ in small]
         if parallel:
-            # Largest first, each to the least loaded worker: one message per worker.
-            groups: list[list[tuple]] = [[] for _ in range(workers.n)]
-            load = [0] * workers.n
-            for j in sorted(range(len(tasks)), key=lambda j: -sizes[j]):
-                w = load.index(min(load))
-                groups[w].append(tasks[j])
-                load[w] += sizes[j] + 1
-            workers.send_writes(groups)
             workers.wait_writes()
         else:
             write_group(tasks)

@@ -308,10 +308,11 @@ class Workers:
                     msg = self.conns[i].recv()
                 except (EOFError, OSError):
                     # A writer does no parsing, so this is no bad file: do its part here.
+                    # No replacement: the merge's sync threads are running, and forking
+                    # beside threads is unsafe; what is left (removing work files) needs none.
                     log.warning("a worker died during the merge: writing its part here")
                     written += write_group(waiting.pop(i))
                     self._reap(i)
-                    self._start(i)
                     continue
                 if msg[0] == "error":
                     raise PrepareError(f"writing the shards failed: {msg[2]} (is the disk full?)")
