@@ -179,7 +179,7 @@ def train(
     """
     data_dir, run = Path(data_dir), Path(run)
     dist = setup_dist(device)
-    resume = decide_resume(run, resume, dist)
+    resume, _run_lock = decide_resume(run, resume, dist)  # the lock is held until we return
     if resume:
         saved = TrainConfig.from_json(read_json(run / "train_config.json"))
         cfg = _resumed_config(saved, cfg, given, warn=dist.rank == 0)

@@ -16,6 +16,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import IO
 
 import torch
 from bandmate.models.config import CodecConfig
@@ -239,10 +240,32 @@ def save_final_model(run: Path, model: torch.nn.Module, codec: CodecConfig) -> N
     write_hf_files(run, model.config, codec)
 
 
-def decide_resume(run: Path, resume: bool | str, dist: Dist) -> bool:
+def lock_run(run: Path) -> IO | None:
+    """An exclusive lock on RUN/train.lock for as long as the returned file stays open, so a
+    second `bandmate train` on the same run folder (a --resume typed while the first one is
+    still saving after Ctrl-C, say) is refused instead of trimming the log and overwriting
+    checkpoints under it. A POSIX record lock (`lockf`): a killed run frees it at once."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; running twice is the user's call
+        return None
+    fh = open(run / "train.lock", "a")  # noqa: SIM115 (kept open: the lock lives with it)
+    try:
+        fcntl.lockf(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        raise RunFolderError(
+            f"another `bandmate train` is using {run}: wait for it to stop (a stopping run "
+            "saves a checkpoint first), then resume; or choose another -o"
+        ) from None
+    return fh
+
+
+def decide_resume(run: Path, resume: bool | str, dist: Dist) -> tuple[bool, IO | None]:
     """Rank 0 decides whether this is a new run or a resumed one; every rank gets the answer
-    (or the same error), so no rank reads its own disk to decide."""
-    code, err = 0.0, None
+    (or the same error), so no rank reads its own disk to decide. Rank 0 also takes the run
+    folder's lock (`lock_run`), returned for the caller to hold until the run ends."""
+    code, err, lock = 0.0, None, None
     if dist.main:
         try:
             has_run = (run / "train_config.json").exists()
@@ -250,20 +273,23 @@ def decide_resume(run: Path, resume: bool | str, dist: Dist) -> bool:
                 resume = has_run
             if resume and not has_run:
                 raise FileNotFoundError(f"{run} is not a run folder: start it without --resume")
+            run.mkdir(parents=True, exist_ok=True)
+            lock = lock_run(run)
             if not resume and (run / "checkpoints").exists() and checkpoint_candidates(run):
                 raise FileExistsError(
                     f"{run} already holds a run: pass --resume, or choose a new -o"
                 )
             code = 1.0 if resume else 0.0
-        except (FileNotFoundError, FileExistsError) as e:
+        except (FileNotFoundError, FileExistsError, RunFolderError) as e:
             code, err = -1.0, e
+            if lock is not None:
+                lock.close()
+                lock = None
     code = dist.from_main(code)
     if code < 0:
         raise err or RunFolderError("rank 0 could not start the run (see its error)")
-    if dist.main:
-        run.mkdir(parents=True, exist_ok=True)
     check_run_visible(run, dist)
-    return code > 0
+    return code > 0, lock
 
 
 def trim_log(path: Path, step: int) -> None:

@@ -252,3 +252,36 @@ def test_runs_of_the_older_layout_resume_and_export_and_any_model_folder_exports
     s = train(data_dir, old, _cfg(12), resume=True, progress=False)
     assert s["finished"] and s["steps"] == 12
     assert (run_folder.latest_checkpoint(old) / "config.json").is_file()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX record locks")
+def test_a_second_train_on_a_busy_run_folder_is_refused(data_dir, tmp_path):
+    """Two `bandmate train` on one run folder would trim each other's log and overwrite each
+    other's checkpoints: the second one stops with exit 2 and says why (a real second process
+    holds the lock, as a run still saving after Ctrl-C would)."""
+    from bandmate.training.train_checkpoint import RunFolderError
+
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import fcntl, sys, time
+            fh = open({str(run / "train.lock")!r}, "a")
+            fcntl.lockf(fh.fileno(), fcntl.LOCK_EX)
+            print("locked", flush=True)
+            time.sleep(60)
+        """)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunFolderError, match="another `bandmate train` is using"):
+            train(data_dir, run, _cfg(2), progress=False)
+        assert cli_main(["train", str(data_dir), "-o", str(run), "--preset", "tiny",
+                         "--max-steps", "2", "--no-progress"]) == 2
+        assert not (run / "train_config.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    train(data_dir, run, _cfg(2), progress=False)  # the lock went with its holder
+    assert (run / "model.safetensors").exists()

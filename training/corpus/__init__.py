@@ -32,7 +32,7 @@ How the guarantees are met (docs/prepare.md says more):
 - **Speed.** All per-note work is numpy (`samples`). The parallel part is kept free of the
   parent: own forked workers with a pipe each and a unit in hand (`workers.Workers`), a codec
   warmed before the fork (`procs.warm_up`), the merge planned while units finish
-  (`merge.Pass1`) and its writes done by the workers (`units.write_group`).
+  (`merge.UnitFold`) and its writes done by the workers (`units.write_group`).
 
 ``bandmate.training.prepare`` re-exports the names other code imports from here.
 """

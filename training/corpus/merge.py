@@ -1,7 +1,7 @@
 """The merge: the work units' files -> shards (or text), indexes, tokenizer and manifest.
 
 Why a module of its own: this is where "the same bytes for any ``--workers``, after any
-kill" is made. Pass 1 (`Pass1`) folds the units' summaries in listing order as they finish,
+kill" is made. Pass 1 (`UnitFold`) folds the units' summaries in listing order as they finish,
 whichever worker finished first: dedup, skips, label counts, the note counts the density
 edges come from, and the planned place of every sample in the shards. Pass 2 (`merge`)
 fills the DENSITY slots and writes every sample to its planned place (by the workers, in
@@ -43,7 +43,7 @@ if TYPE_CHECKING:  # the pool is only handed in: no import at run time
     from bandmate.training.corpus.workers import Workers
 
 
-class Pass1:
+class UnitFold:
     """The merge's first pass, fed work unit by work unit in listing order as they finish:
     dedup (the first path with a given hash wins, so the order matters), skips, label counts,
     each split's sample lengths, and the histogram of un-augmented training note counts that
@@ -195,7 +195,7 @@ def sync_file(path: str | Path, data_only: bool = False) -> None:
 
 def write_shards(
     out: Path,
-    p1: Pass1,
+    p1: UnitFold,
     edges: Sequence[float],
     workers: Workers | None,
     extra: Sequence[tuple[Path, bytes]] = (),
@@ -314,7 +314,7 @@ def merge(
     cfg: PrepareConfig,
     files_total: int,
     chash: str,
-    p1: Pass1,
+    p1: UnitFold,
     workers: Workers | None = None,
 ) -> dict:
     """Density edges, shards/text, tokenizer and manifest, from pass 1 and .work."""

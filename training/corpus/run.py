@@ -33,7 +33,7 @@ from bandmate.training.corpus.config import (
     config_hash,
 )
 from bandmate.training.corpus.listing import Listing, list_sources, select_shard, unit_bounds
-from bandmate.training.corpus.merge import Pass1, fsync_dir, merge
+from bandmate.training.corpus.merge import UnitFold, fsync_dir, merge
 from bandmate.training.corpus.procs import mp_context, warm_up
 from bandmate.training.corpus.units import RunContext
 from bandmate.training.corpus.workers import Workers, isolate_chunk
@@ -215,7 +215,7 @@ def _work_and_merge(
         tqdm.monitor_interval = 0  # no monitor thread: workers are forked
         bar = tqdm(total=len(files), initial=done_files, unit="file", desc="prepare")
 
-    p1 = Pass1(cfg, work, n_chunks, out)
+    p1 = UnitFold(cfg, work, n_chunks, out)
 
     def on_done(c: int, d: dict) -> None:
         prog.add(d)
