@@ -472,7 +472,7 @@ def encode_track(
     """``TRACK_START INST [DENSITY] bar* TRACK_END`` for one track (empty bars included);
     `Codec.sample` of that track alone, without PIECE_START."""
     n = n_bars if n_bars is not None else _bars_of(track) - start_bar
-    piece = Piece((track,), start_bar + n)
+    piece = Piece((track,), max(start_bar + n, _bars_of(track)))  # notes past the window too
     return Codec.of(config).sample(piece, start_bar, n, [density], keep_empty=True)[1:]
 
 

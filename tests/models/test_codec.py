@@ -21,7 +21,7 @@ from bandmate.models.codec import (
 from bandmate.models.config import CodecConfig
 from bandmate.models.midi_io import arrays_to_piece, read_midi, read_segments_arrays, write_midi
 from bandmate.models.types import Note, Piece, Track
-from bandmate.models.vocab import DENSITY0, FILL_END, FILL_START, Vocab
+from bandmate.models.vocab import DENSITY0, FILL_END, FILL_START, NOTE_ON0, Vocab
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -321,3 +321,14 @@ def test_synthetic_samples_are_codec_samples() -> None:
         d = c.decode(ids, bars=4)
         assert d.repairs == []
         assert c.sample(d.piece, densities=d.densities).tolist() == ids.tolist()
+
+
+def test_encode_track_takes_a_window_shorter_than_the_track():
+    """A window of a longer track: the notes after it are cut, not a crash."""
+    config = CodecConfig(voices=("SOPRANO", "ALTO", "TENOR", "BASS"))
+    track = Track("BASS", (Note(0, 40, 4), Note(40, 42, 48)))
+    first = encode_track(track, config, 0, 1)
+    assert NOTE_ON0 + 40 in first and NOTE_ON0 + 42 not in first
+    third = encode_track(track, config, 2, 1)
+    assert NOTE_ON0 + 42 in third and NOTE_ON0 + 40 not in third
+    assert list(encode_track(track, config)) == list(encode_track(track, config, 0, 3))
