@@ -529,6 +529,7 @@ def train(
             _fmt(summary["unigram_val_loss"]),
             100 * (summary["loop_overhead_fraction"] or 0),
         )
+    dist.leave()
     return summary
 
 

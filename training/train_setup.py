@@ -204,6 +204,17 @@ class Dist:
     local_rank: int = 0
     world: int = 1
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    owns_group: bool = False  # setup_dist started the process group, so the run ends it
+
+    def leave(self) -> None:
+        """End the job together: wait for every rank, then tear the process group down.
+
+        A rank that exits while a peer's gloo or NCCL threads still talk to it can abort that
+        peer ("terminate called without an active exception", SIGABRT), and torchrun then
+        reports a finished job as failed; a group someone else started is left to them."""
+        if self.world > 1 and self.owns_group and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
 
     @property
     def main(self) -> bool:
@@ -232,6 +243,7 @@ def setup_dist(device: str = "auto") -> Dist:
         torch.cuda.set_device(dev)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    if world > 1 and not torch.distributed.is_initialized():
+    owns = world > 1 and not torch.distributed.is_initialized()
+    if owns:
         torch.distributed.init_process_group("nccl" if cuda else "gloo")
-    return Dist(rank, local, world, dev)
+    return Dist(rank, local, world, dev, owns_group=owns)
