@@ -37,7 +37,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,29 @@ def fsync_path(path: Path) -> None:
             raise
     finally:
         os.close(fd)
+
+
+def exclusive_lock(path: Path) -> IO | None:
+    """An exclusive lock on ``path`` for as long as the returned file stays open (None where
+    there are no advisory locks: Windows); BlockingIOError when another process holds it.
+    Shared by `bandmate prepare` (OUT/.work/lock) and `bandmate train` (RUN/train.lock), so
+    two runs never write one folder at once.
+
+    A POSIX record lock (`lockf`), not `flock`: it belongs to this process only, so forked
+    workers do not inherit it and a killed run frees it at once, even while its orphaned
+    workers are still exiting.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: running twice is the user's call
+        return None
+    fh = open(path, "a")  # noqa: SIM115 (kept open: the lock lives with it)
+    try:
+        fcntl.lockf(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        fh.close()
+        raise BlockingIOError(f"{path} is locked by another process") from e
+    return fh
 
 
 def write_text_durable(path: Path, text: str) -> None:

@@ -25,6 +25,7 @@ from bandmate.training.run_folder import (
     checkpoint_candidates,
     checkpoint_dir,
     checkpoint_step,
+    exclusive_lock,
     mark_latest,
     read_json,
     write_json,
@@ -241,24 +242,17 @@ def save_final_model(run: Path, model: torch.nn.Module, codec: CodecConfig) -> N
 
 
 def lock_run(run: Path) -> IO | None:
-    """An exclusive lock on RUN/train.lock for as long as the returned file stays open, so a
-    second `bandmate train` on the same run folder (a --resume typed while the first one is
+    """RUN/train.lock held for as long as the returned file stays open (`exclusive_lock`), so
+    a second `bandmate train` on the same run folder (a --resume typed while the first one is
     still saving after Ctrl-C, say) is refused instead of trimming the log and overwriting
-    checkpoints under it. A POSIX record lock (`lockf`): a killed run frees it at once."""
+    checkpoints under it."""
     try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks; running twice is the user's call
-        return None
-    fh = open(run / "train.lock", "a")  # noqa: SIM115 (kept open: the lock lives with it)
-    try:
-        fcntl.lockf(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        fh.close()
+        return exclusive_lock(run / "train.lock")
+    except BlockingIOError:
         raise RunFolderError(
             f"another `bandmate train` is using {run}: wait for it to stop (a stopping run "
             "saves a checkpoint first), then resume; or choose another -o"
         ) from None
-    return fh
 
 
 def decide_resume(run: Path, resume: bool | str, dist: Dist) -> tuple[bool, IO | None]:

@@ -13,13 +13,14 @@ codec, or the token ids would mean other things.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 from bandmate.models.config import CodecConfig
 from bandmate.models.model_folder import META_NAME, ModelDescription
+from bandmate.training.hf_folder import CODEC, WEIGHTS
+from bandmate.training.run_folder import read_json
 
 
 def resolve_init(spec: str) -> Path:
@@ -41,11 +42,11 @@ def resolve_init(spec: str) -> Path:
 def read_init_weights(folder: Path) -> tuple[dict[str, torch.Tensor], CodecConfig, str]:
     """The weights of ``folder`` as a GPT-2 state dict (lm_head left to the tie), its codec,
     and a few words on where they came from (for the log and the model card)."""
-    if (folder / "model.safetensors").exists() and (folder / "codec.json").exists():
+    if (folder / WEIGHTS).exists() and (folder / CODEC).exists():
         from safetensors.torch import load_file
 
-        codec = CodecConfig.from_json(json.loads((folder / "codec.json").read_text()))
-        return load_file(str(folder / "model.safetensors")), codec, "a run's final fp32 weights"
+        codec = CodecConfig.from_json(read_json(folder / CODEC))
+        return load_file(str(folder / WEIGHTS)), codec, "a run's final fp32 weights"
     if not (folder / META_NAME).exists():
         raise FileNotFoundError(
             f"{folder} is neither a finished run (model.safetensors) nor a model folder "

@@ -37,6 +37,7 @@ from bandmate.training.corpus.merge import UnitFold, fsync_dir, merge
 from bandmate.training.corpus.procs import mp_context, warm_up
 from bandmate.training.corpus.units import RunContext
 from bandmate.training.corpus.workers import Workers, isolate_chunk
+from bandmate.training.run_folder import exclusive_lock
 from bandmate.training.shards import tmp_name
 
 log = logging.getLogger("bandmate.prepare")
@@ -76,26 +77,14 @@ class Progress:
 
 
 def lock_folder(work: Path) -> IO | None:
-    """An exclusive lock on OUT/.work, so two runs never write the same folder at once;
-    returns the open lock file (the lock lives as long as it is open).
-
-    A POSIX record lock (`lockf`), not `flock`: it belongs to this process only, so forked
-    workers do not inherit it and a killed run frees it at once, even while its orphaned
-    workers are still exiting.
-    """
+    """An exclusive lock on OUT/.work (`exclusive_lock`), so two runs never write the same
+    folder at once; returns the open lock file (the lock lives as long as it is open)."""
     try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks; running twice is the user's call
-        return None
-    fh = open(work / "lock", "a")  # noqa: SIM115 (kept open: the lock lives with it)
-    try:
-        fcntl.lockf(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        fh.close()
+        return exclusive_lock(work / "lock")
+    except BlockingIOError:
         raise PrepareError(
             f"another `bandmate prepare` is writing to {work.parent}: wait for it to finish"
         ) from None
-    return fh
 
 
 def check_out(out: Path, chash: str, listing: Listing) -> FolderState:
