@@ -19,6 +19,9 @@ as the app calls it), for the piece's own part, and for random pitches on the re
 
 Success: the call returned and the new part/bars have notes; repairs: what the codec's
 decoder had to repair in every token window the engine wrote (0 under the grammar).
+``ci95``: 95% intervals of the model's bass, kick, backbeat and in-key figures and of their
+ratio to the own parts, by resampling whole pieces (`intervals`): with 16 held-out pieces they
+are wide, so compare two models by their intervals, not by a 0.05 difference.
 
 Usage: python bench/quality.py --model band (bench/quality.py hands a gm-family model to
 this module), or python bench/quality_band.py --model band --n 40 --seed 0 [--out FILE].
@@ -312,18 +315,74 @@ def _repairs(session, done_stats: dict) -> int:
 
 
 class _Tally:
-    """Sums of counts per (task, who); rates at the end."""
+    """Sums of counts per (task, who); rates at the end. Counts are also kept per piece (the
+    one set by `piece`), for the piece-level bootstrap of `intervals`."""
 
     def __init__(self) -> None:
         self.c: dict[str, dict[str, dict[str, float]]] = {}
+        self.by_piece: dict[str, _Tally] = {}
+        self.piece: str | None = None
 
     def add(self, task: str, who: str, **counts: float) -> None:
-        d = self.c.setdefault(task, {}).setdefault(who, {})
-        for k, v in counts.items():
-            d[k] = d.get(k, 0) + v
+        for tally in (self, self.by_piece.get(self.piece or "")):
+            if tally is None:
+                continue
+            d = tally.c.setdefault(task, {}).setdefault(who, {})
+            for k, v in counts.items():
+                d[k] = d.get(k, 0) + v
 
     def get(self, task: str, who: str, key: str) -> float:
         return self.c.get(task, {}).get(who, {}).get(key, 0)
+
+    def at(self, piece: str) -> None:
+        """Count what follows for ``piece`` too."""
+        self.piece = piece
+        self.by_piece.setdefault(piece, _Tally())
+
+
+#: The figures `intervals` bootstraps: (task, numerator, denominator, denominator factor).
+CI_FIGURES = {
+    "bass_chord_tones": ("bass", "hit", "counted", 1),
+    "drums_kick_on_1": ("drums", "kick_on_1", "bars", 1),
+    "drums_backbeat": ("drums", "backbeats", "bars", 2),
+    "continue_in_key": ("continue", "in_key", "notes", 1),
+}
+
+
+def intervals(tally: _Tally, resamples: int = 2000, seed: int = 0) -> dict:
+    """95% intervals of the model's figures and of model / own, resampling whole pieces.
+
+    Why pieces: the windows of one piece share its style (a piece whose drummer plays half
+    time gives the model's drums a low backbeat in every window), so the windows are not
+    independent and a window-level interval would be too narrow. With 16 pieces a 0.05 gap
+    between two models is usually inside the interval: read them before calling a change a
+    gain.
+    """
+    pieces = sorted(tally.by_piece)
+    if not pieces:
+        return {}
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(pieces), (resamples, len(pieces)))
+    out: dict[str, dict[str, list[float | None]]] = {}
+    for name, (task, num, den, k) in CI_FIGURES.items():
+        sums = {
+            who: np.array([[p.get(task, who, num), p.get(task, who, den) * k]
+                           for p in (tally.by_piece[q] for q in pieces)])
+            for who in ("model", "own")
+        }  # fmt: skip
+        tot = {who: sums[who][draws].sum(axis=1) for who in sums}  # (resamples, 2)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            model = tot["model"][:, 0] / tot["model"][:, 1]
+            ratio = model / (tot["own"][:, 0] / tot["own"][:, 1])
+
+        def ci(x: np.ndarray) -> list[float | None]:
+            x = x[np.isfinite(x)]
+            if not len(x):
+                return [None, None]
+            return [round(float(v), 4) for v in np.percentile(x, [2.5, 97.5])]
+
+        out[name] = {"model": ci(model), "model_over_own": ci(ratio)}
+    return out
 
 
 def _rate(a: float, b: float) -> float | None:
@@ -387,6 +446,7 @@ def band_quality(
         drums = [t for t in tracks if t.is_drum]
         sampling = replace(base, seed=seed * 100_003 + k)
         log.info("window %d/%d: %s bars %d-%d", k + 1, len(windows), name, b, b + BARS - 1)
+        tally.at(name)
 
         # Add bass: every bass-family track out, the rest (drums too) as the prompt.
         prompt = replace(win, tracks=tuple(t for t in tracks if not is_bass(t)))
@@ -492,6 +552,7 @@ def band_quality(
             task: {w: who(task, w) for w in ("model", "own", "random")}
             for task in ("bass", "drums", "continue")
         },
+        "ci95": intervals(tally, seed=seed),
         "seconds": round(time.perf_counter() - t0, 1),
     }
     g = goals(res)

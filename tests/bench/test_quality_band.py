@@ -136,3 +136,26 @@ def test_tuning_pieces_are_the_validation_split_and_never_held_out(band_model_di
                                                       res["best"]["top_p"], 4)
     assert "tuning pieces" in session.description.sampling["picked_by"]
     assert session.default_sampling(temperature=1.0).temperature == 1.0  # the user's wins
+
+
+def test_intervals_resample_whole_pieces():
+    """ci95: a figure every piece agrees on has a point interval; pieces that disagree (one
+    plays a backbeat, one half time) give a wide one around the pooled figure, and model/own
+    is bootstrapped in pairs (the same pieces for both)."""
+    qb = _bench()
+    t = qb._Tally()
+    for piece, model_back in (("a", 8), ("b", 0), ("c", 8), ("d", 0)):
+        t.at(piece)
+        t.add("drums", "model", bars=4, kick_on_1=4, backbeats=model_back)
+        t.add("drums", "own", bars=4, kick_on_1=4, backbeats=8)
+        t.add("bass", "model", hit=3, counted=4)
+        t.add("bass", "own", hit=3, counted=4)
+    ci = qb.intervals(t, resamples=500, seed=1)
+    assert ci["drums_kick_on_1"] == {"model": [1.0, 1.0], "model_over_own": [1.0, 1.0]}
+    assert ci["bass_chord_tones"]["model"] == [0.75, 0.75]
+    lo, hi = ci["drums_backbeat"]["model"]
+    assert lo <= 0.25 and hi >= 0.75 and lo < 0.5 < hi
+    assert ci["drums_backbeat"]["model_over_own"] == [lo, hi]  # own is 1.0 in every piece
+    assert ci["continue_in_key"]["model"] == [None, None]  # nothing counted
+    assert t.get("drums", "model", "backbeats") == 16  # the pooled sums are unchanged
+    assert qb.intervals(qb._Tally()) == {}
