@@ -241,6 +241,19 @@ def render_quality_band(q: dict, curve: list[dict] | None = None) -> list[str]:
         + ".",
         "",
     ]
+    ci = q.get("ci95") or {}
+    if ci:
+        names = {"bass_chord_tones": "bass chord tones", "drums_kick_on_1": "kick on 1",
+                 "drums_backbeat": "backbeat", "continue_in_key": "in key"}  # fmt: skip
+        parts = [
+            f"{names[k]} {_f(v['model'][0], 2)}-{_f(v['model'][1], 2)}"
+            for k, v in ci.items() if k in names and None not in v["model"]
+        ]
+        lines += [
+            f"95% intervals of the model's figures, resampling whole pieces ({q['pieces']} "
+            "pieces make them wide: compare models by them): " + ", ".join(parts) + ".",
+            "",
+        ]
     if curve:
         lines += [
             "Quality against tokens seen (same benchmark, checkpoints of this run):",

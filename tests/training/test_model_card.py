@@ -54,3 +54,28 @@ def test_a_warm_started_run_says_what_it_started_from():
     assert "Started from the weights of `band` (`--init-from`)" in text
     plain = render(meta, {}, {}, {}, {"model.int8.onnx": 1}, "cmd", default_attribution(meta))
     assert "--init-from" not in plain
+
+
+def test_band_card_shows_the_benchmark_and_its_intervals():
+    from bandmate.training.model_card import render_quality_band
+
+    def who(**kw):
+        return {w: dict(kw) for w in ("model", "own", "random")}
+
+    q = {"windows": 40, "pieces": 16, "seed": 0, "holdout_verified": True,
+         "settings": {"temperature": 0.6, "top_p": 0.9},
+         "bass": who(chord_tones=0.8, success=1.0, repairs=0),
+         "drums": who(bars_with_hits=1.0, kick_on_1=0.97, backbeat=0.54, on_8th=0.7,
+                      success=1.0, repairs=0),
+         "continue": who(in_key=0.91, copying=0.6, success=1.0, repairs=0),
+         "goals": {"drums_backbeat": False, "success": True}, "goals_met": "1/2",
+         "ci95": {"drums_backbeat": {"model": [0.39, 0.67], "model_over_own": [0.53, 1.05]},
+                  "continue_in_key": {"model": [None, None],
+                                      "model_over_own": [None, None]}}}  # fmt: skip
+    text = "\n".join(render_quality_band(q))
+    assert "| add drums | beats 2 and 4 with a snare or clap | 0.540 / 0.540 / 0.540 |" in text
+    assert "drums_backbeat not" in text
+    assert "resampling whole pieces (16 pieces" in text and "backbeat 0.39-0.67." in text
+    assert "in key" not in text.split("95% intervals")[1]  # no interval where nothing counted
+    del q["ci95"]
+    assert "95% intervals" not in "\n".join(render_quality_band(q))
