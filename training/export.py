@@ -57,7 +57,12 @@ from bandmate.training.onnx_checks import (
     cpu_session,
     quiet_root_logger,
 )
-from bandmate.training.run_folder import latest_checkpoint, read_json, write_json
+from bandmate.training.run_folder import (
+    checkpoint_candidates,
+    latest_checkpoint,
+    read_json,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -448,10 +453,59 @@ def load_weights(model: torch.nn.Module, folder: Path) -> torch.nn.Module:
     return model
 
 
-def load_run_model(run: Path, checkpoint: Path | None = None) -> tuple[torch.nn.Module, dict]:
+def averaged_checkpoints(run: Path | None, ckpt: Path, k: int) -> list[Path]:
+    """The ``k`` newest complete checkpoints of ``run`` up to ``ckpt`` (included), oldest
+    first: what ``bandmate export --average k`` takes the mean of."""
+    from bandmate.training.run_folder import checkpoint_step
+
+    if k < 1:
+        raise ValueError(f"--average takes the number of checkpoints (1 or more), got {k}")
+    if k == 1:
+        return [ckpt]
+    if run is None:
+        raise ValueError(f"--average {k} needs a run folder or one of its checkpoints, "
+                         f"not a model folder ({ckpt})")  # fmt: skip
+    last = checkpoint_step(ckpt)
+    older = [c for c in checkpoint_candidates(run) if checkpoint_step(c) < last]
+    if len(older) < k - 1:
+        raise ValueError(
+            f"--average {k}: {run} has {len(older) + 1} complete checkpoint(s) up to step "
+            f"{last}; average fewer, or keep more with `bandmate train --keep-checkpoints`"
+        )
+    return [*sorted(older[: k - 1], key=checkpoint_step), ckpt]
+
+
+def average_into(model: torch.nn.Module, folders: list[Path]) -> torch.nn.Module:
+    """Load the element-wise mean of the folders' weights into ``model``.
+
+    Why: late in a run, successive checkpoints differ by the noise of their last batches;
+    their mean is a smoother model (checkpoint averaging, as in Vaswani et al. 2017), and on
+    the band model a single checkpoint's drum style flips from one save to the next.
+    """
+    from safetensors.torch import load_file
+
+    total: dict[str, torch.Tensor] = {}
+    for folder in folders:
+        for key, t in load_file(str(Path(folder) / "model.safetensors")).items():
+            total[key] = total[key] + t.float() if key in total else t.float().clone()
+    mean = {key: t / len(folders) for key, t in total.items()}
+    missing, unexpected = model.load_state_dict(mean, strict=False)
+    if [m for m in missing if m != "lm_head.weight"] or unexpected:
+        raise ValueError(f"{folders[0]}: checkpoints do not match the model ({missing}, "
+                         f"{unexpected})")  # fmt: skip
+    model.tie_weights()
+    return model
+
+
+def load_run_model(
+    run: Path, checkpoint: Path | None = None, average: int = 1
+) -> tuple[torch.nn.Module, dict]:
     """The model of a run's latest (or given) checkpoint, or of a checkpoint or Hugging Face
-    model folder, with the checkpoint's state ({} for a plain model folder)."""
+    model folder, with the checkpoint's state ({} for a plain model folder). ``average`` > 1:
+    the mean of that checkpoint and the ``average - 1`` before it (`averaged_checkpoints`);
+    the state then lists their steps under ``averaged_steps``."""
     from bandmate.training.hf_folder import load_model_config
+    from bandmate.training.run_folder import checkpoint_step
     from transformers import GPT2LMHeadModel
 
     run_dir, ckpt = resolve_model_source(Path(run), checkpoint)
@@ -462,8 +516,13 @@ def load_run_model(run: Path, checkpoint: Path | None = None) -> tuple[torch.nn.
             raise
         cfg = load_model_config(run_dir)  # runs written before checkpoints had config.json
     cfg._attn_implementation = "sdpa"
-    model = load_weights(GPT2LMHeadModel(cfg), ckpt)
     state = read_json(ckpt / "state.json") if (ckpt / "state.json").is_file() else {}
+    if average == 1:
+        return load_weights(GPT2LMHeadModel(cfg), ckpt).eval(), state
+    folders = averaged_checkpoints(run_dir, ckpt, average)
+    model = average_into(GPT2LMHeadModel(cfg), folders)
+    state["averaged_steps"] = [checkpoint_step(f) for f in folders]
+    log.info("weights: the mean of checkpoints %s", ", ".join(f.name for f in folders))
     return model.eval(), state
 
 
@@ -516,16 +575,18 @@ def export_run(
     config: ExportConfig | None = None,
     checkpoint: Path | None = None,
     n_agreement: int = 16,
+    average: int = 1,
 ) -> dict:
     """Export a training run's latest checkpoint to a model folder (``bandmate export``).
 
     ``run`` may also be a checkpoint folder or a Hugging Face model folder (config.json,
-    model.safetensors, codec.json): what `resolve_model_source` accepts.
+    model.safetensors, codec.json): what `resolve_model_source` accepts. ``average`` > 1
+    exports the mean of that many checkpoints (`average_into`).
     """
     config = config or ExportConfig()
     if not config.name:
         config = replace(config, name=Path(out_dir).resolve().name)
-    model, state = load_run_model(Path(run), checkpoint)
+    model, state = load_run_model(Path(run), checkpoint, average)
     codec = source_codec(Path(run), checkpoint)
     run = resolve_model_source(Path(run), checkpoint)[0] or Path(run)
     summary = read_json(run / "data_summary.json") if (run / "data_summary.json").exists() else {}
@@ -546,6 +607,7 @@ def export_run(
         "manifest": _without_paths(summary.get("manifest", {})),
         "steps": state.get("step"),
         "tokens": state.get("tokens_seen"),
+        **({"averaged_steps": state["averaged_steps"]} if "averaged_steps" in state else {}),
         "train_config": read_json(run / "train_config.json")
         if (run / "train_config.json").exists()
         else None,

@@ -5,6 +5,7 @@ Examples:
   bandmate export runs/seed -o models/seed --int8 --fp16 --no-fp32
   bandmate export runs/seed -o models/seed --int8 --no-fp32 --no-kv  (contract graph only)
   bandmate export runs/seed/checkpoints/step-0020000 -o models/seed-20k --int8
+  bandmate export runs/band -o models/band --int8 --no-fp32 --average 4  (mean of 4 checkpoints)
 
 Every export ends with a parity check against PyTorch (fp32 logits within --tolerance, with
 and without past keys/values); a failing check exits with status 3 and keeps nothing.
@@ -38,6 +39,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="also write the in-place decode graph (model.kv*.onnx: the CPU runtime's fast path)",
     )
     parser.add_argument("--checkpoint", default=None, help="a checkpoint folder (default: latest)")
+    parser.add_argument(
+        "--average",
+        type=int,
+        default=1,
+        metavar="K",
+        help="export the mean of the weights of the K newest checkpoints up to the chosen one "
+        "(checkpoint averaging: smoother than one checkpoint; the run must have kept K, see "
+        "`bandmate train --keep-checkpoints`) (default: 1, that checkpoint alone)",
+    )
     parser.add_argument("--name", default="", help="model name (default: the folder name)")
     parser.add_argument("--tolerance", type=float, default=1e-4, help="max |logit diff| fp32")
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset")
@@ -55,7 +65,11 @@ def run(args: argparse.Namespace) -> int:
             name=args.name,
         )
         meta = export_run(
-            args.run, args.out, cfg, Path(args.checkpoint) if args.checkpoint else None
+            args.run,
+            args.out,
+            cfg,
+            Path(args.checkpoint) if args.checkpoint else None,
+            average=args.average,
         )
     except (ValueError, FileNotFoundError) as e:
         log.error("%s", e)

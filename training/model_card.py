@@ -393,6 +393,11 @@ def render(
              "random initialisation: the figures above count this run's steps only."]
             if cfg.get("init_from") else []
         ),
+        *(
+            [f"- Weights: the mean of the checkpoints at steps "
+             f"{', '.join(map(str, avg))} (`bandmate export --average {len(avg)}`)."]
+            if (avg := meta.get("training", {}).get("averaged_steps")) else []
+        ),
         "",
         "## Results",
         "",

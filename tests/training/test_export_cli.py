@@ -73,11 +73,42 @@ def test_train_then_export_cli(tmp_path):
     assert "CC BY 4.0" in card and "https://github.com/omarperacha/js-fakes" in card
     assert f"{meta['val_loss']:.4f}" in card and f"{meta['unigram_val_loss']:.4f}" in card
     assert "bandmate train ..." in card and "model.int8.onnx" in card
+    assert "--average" not in card
+    _average_two_checkpoints(tmp_path)
+
+
+def _average_two_checkpoints(tmp_path) -> None:
+    """`export --average 2` writes the mean of the run's two kept checkpoints (steps 10 and
+    20), says so in bandmate.json and the card; more than the run kept is refused."""
+    from safetensors.torch import load_file
+
+    run, out = tmp_path / "run", tmp_path / "avg"
+    assert main(["export", str(run), "-o", str(out), "--average", "2", "--no-kv"]) == 0
+    meta = json.loads((out / "bandmate.json").read_text())
+    assert meta["training"]["averaged_steps"] == [10, 20] and meta["training"]["steps"] == 20
+    model, state = load_run_model(run, average=2)
+    assert state["averaged_steps"] == [10, 20]
+    w = [load_file(str(run / f"checkpoints/step-{s:07d}/model.safetensors")) for s in (10, 20)]
+    key = "transformer.h.0.mlp.c_fc.weight"
+    assert not torch.equal(w[0][key], w[1][key])
+    assert torch.allclose(model.state_dict()[key], (w[0][key] + w[1][key]) / 2)
+    card = write_model_card(out, run, "bandmate export --average 2").read_text()
+    assert "the mean of the checkpoints at steps 10, 20 (`bandmate export --average 2`)" in card
+    assert main(["export", str(run), "-o", str(tmp_path / "x"), "--average", "3"]) == 2
+    assert main(["export", str(out), "-o", str(tmp_path / "x"), "--average", "0"]) == 2
+    assert not (tmp_path / "x").exists()
 
 
 def test_export_cli_errors_are_actionable(tmp_path, caplog):
     assert main(["export", str(tmp_path / "nope"), "-o", str(tmp_path / "m")]) == 2
     assert "no checkpoint" in caplog.text
+    import pytest
+    from bandmate.training.export import averaged_checkpoints
+
+    with pytest.raises(ValueError, match="needs a run folder"):
+        averaged_checkpoints(None, tmp_path, 2)
+    with pytest.raises(ValueError, match="--average takes the number"):
+        averaged_checkpoints(None, tmp_path, 0)
     assert main(["export", str(tmp_path), "-o", str(tmp_path / "m"), "--no-fp32"]) == 2
 
 
