@@ -159,3 +159,25 @@ def test_intervals_resample_whole_pieces():
     assert ci["continue_in_key"]["model"] == [None, None]  # nothing counted
     assert t.get("drums", "model", "backbeats") == 16  # the pooled sums are unchanged
     assert qb.intervals(qb._Tally()) == {}
+
+
+def test_drum_styles_scores_a_prepared_corpus(tmp_path):
+    """bench/drum_styles.py decodes a real prepared folder and scores its drums as the band
+    benchmark does: the synthetic band plays kick on 1 and snare on 2 and 4 in every bar."""
+    import subprocess
+    import sys
+
+    from bandmate.cli import main
+
+    write_midi(_band(8), tmp_path / "song.mid")
+    data = tmp_path / "data"
+    assert main(["prepare", str(tmp_path / "song.mid"), "-o", str(data), "--labels",
+                 "gm-family", "--val-fraction", "0", "--transpose=0:0", "--workers", "1",
+                 "--progress", "off"]) == 0  # fmt: skip
+    r = subprocess.run([sys.executable, str(ROOT / "bench/drum_styles.py"), str(data)],
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = json.loads(r.stdout.splitlines()[-1])
+    assert got["benchmark-like"]["windows"] == got["band"]["windows"] >= 2
+    assert got["benchmark-like"]["backbeat"] == 1.0 and got["band"]["kick_on_1"] == 1.0
+    assert "drums only" not in got
