@@ -57,12 +57,7 @@ from bandmate.training.onnx_checks import (
     cpu_session,
     quiet_root_logger,
 )
-from bandmate.training.run_folder import (
-    checkpoint_candidates,
-    latest_checkpoint,
-    read_json,
-    write_json,
-)
+from bandmate.training.run_folder import latest_checkpoint, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -453,50 +448,6 @@ def load_weights(model: torch.nn.Module, folder: Path) -> torch.nn.Module:
     return model
 
 
-def averaged_checkpoints(run: Path | None, ckpt: Path, k: int) -> list[Path]:
-    """The ``k`` newest complete checkpoints of ``run`` up to ``ckpt`` (included), oldest
-    first: what ``bandmate export --average k`` takes the mean of."""
-    from bandmate.training.run_folder import checkpoint_step
-
-    if k < 1:
-        raise ValueError(f"--average takes the number of checkpoints (1 or more), got {k}")
-    if k == 1:
-        return [ckpt]
-    if run is None:
-        raise ValueError(f"--average {k} needs a run folder or one of its checkpoints, "
-                         f"not a model folder ({ckpt})")  # fmt: skip
-    last = checkpoint_step(ckpt)
-    older = [c for c in checkpoint_candidates(run) if checkpoint_step(c) < last]
-    if len(older) < k - 1:
-        raise ValueError(
-            f"--average {k}: {run} has {len(older) + 1} complete checkpoint(s) up to step "
-            f"{last}; average fewer, or keep more with `bandmate train --keep-checkpoints`"
-        )
-    return [*sorted(older[: k - 1], key=checkpoint_step), ckpt]
-
-
-def average_into(model: torch.nn.Module, folders: list[Path]) -> torch.nn.Module:
-    """Load the element-wise mean of the folders' weights into ``model``.
-
-    Why: late in a run, successive checkpoints differ by the noise of their last batches;
-    their mean is a smoother model (checkpoint averaging, as in Vaswani et al. 2017), and on
-    the band model a single checkpoint's drum style flips from one save to the next.
-    """
-    from safetensors.torch import load_file
-
-    total: dict[str, torch.Tensor] = {}
-    for folder in folders:
-        for key, t in load_file(str(Path(folder) / "model.safetensors")).items():
-            total[key] = total[key] + t.float() if key in total else t.float().clone()
-    mean = {key: t / len(folders) for key, t in total.items()}
-    missing, unexpected = model.load_state_dict(mean, strict=False)
-    if [m for m in missing if m != "lm_head.weight"] or unexpected:
-        raise ValueError(f"{folders[0]}: checkpoints do not match the model ({missing}, "
-                         f"{unexpected})")  # fmt: skip
-    model.tie_weights()
-    return model
-
-
 def load_run_model(
     run: Path, checkpoint: Path | None = None, average: int = 1
 ) -> tuple[torch.nn.Module, dict]:
@@ -504,6 +455,7 @@ def load_run_model(
     model folder, with the checkpoint's state ({} for a plain model folder). ``average`` > 1:
     the mean of that checkpoint and the ``average - 1`` before it (`averaged_checkpoints`);
     the state then lists their steps under ``averaged_steps``."""
+    from bandmate.training.checkpoint_average import average_into, averaged_checkpoints
     from bandmate.training.hf_folder import load_model_config
     from bandmate.training.run_folder import checkpoint_step
     from transformers import GPT2LMHeadModel

@@ -103,7 +103,7 @@ def test_export_cli_errors_are_actionable(tmp_path, caplog):
     assert main(["export", str(tmp_path / "nope"), "-o", str(tmp_path / "m")]) == 2
     assert "no checkpoint" in caplog.text
     import pytest
-    from bandmate.training.export import averaged_checkpoints
+    from bandmate.training.checkpoint_average import averaged_checkpoints
 
     with pytest.raises(ValueError, match="needs a run folder"):
         averaged_checkpoints(None, tmp_path, 2)
