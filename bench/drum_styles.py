@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -53,11 +52,10 @@ def drum_styles(data: Path, n: int = 8000, seed: int = 1, split: str = "train") 
         if not drums or piece.bars < Q.BARS:
             continue
         pitched = [t for t in piece.tracks if not t.is_drum and t.notes]
-        # band_windows knows a bass by its GM program; gm-family tokens carry the family (32).
-        as_programs = replace(piece, tracks=tuple(
-            replace(t, program=int(t.inst)) if t.inst.isdigit() else t for t in piece.tracks))
         kinds = ["band"] if pitched else ["drums only"]
-        if pitched and Q.band_windows(as_programs, need_next=False)[:1] == [0]:
+        # A decoded gm-family track plays its family's first program (basses: 32), which
+        # band_windows knows as a bass.
+        if pitched and Q.band_windows(piece, need_next=False)[:1] == [0]:
             kinds.append("benchmark-like")
         figs = Q.drum_figures(sorted(n for t in drums for n in t.notes), Q.BARS)
         for kind in kinds:

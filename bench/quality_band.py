@@ -316,17 +316,15 @@ def _repairs(session, done_stats: dict) -> int:
 
 class _Tally:
     """Sums of counts per (task, who); rates at the end. Counts are also kept per piece (the
-    one set by `piece`), for the piece-level bootstrap of `intervals`."""
+    one set by `at`), for the piece-level bootstrap of `intervals`."""
 
     def __init__(self) -> None:
         self.c: dict[str, dict[str, dict[str, float]]] = {}
         self.by_piece: dict[str, _Tally] = {}
-        self.piece: str | None = None
+        self._piece: _Tally | None = None
 
     def add(self, task: str, who: str, **counts: float) -> None:
-        for tally in (self, self.by_piece.get(self.piece or "")):
-            if tally is None:
-                continue
+        for tally in (self, self._piece) if self._piece else (self,):
             d = tally.c.setdefault(task, {}).setdefault(who, {})
             for k, v in counts.items():
                 d[k] = d.get(k, 0) + v
@@ -336,8 +334,7 @@ class _Tally:
 
     def at(self, piece: str) -> None:
         """Count what follows for ``piece`` too."""
-        self.piece = piece
-        self.by_piece.setdefault(piece, _Tally())
+        self._piece = self.by_piece.setdefault(piece, _Tally())
 
 
 #: The figures `intervals` bootstraps: (task, numerator, denominator, denominator factor).
@@ -374,15 +371,16 @@ def intervals(tally: _Tally, resamples: int = 2000, seed: int = 0) -> dict:
         with np.errstate(divide="ignore", invalid="ignore"):
             model = tot["model"][:, 0] / tot["model"][:, 1]
             ratio = model / (tot["own"][:, 0] / tot["own"][:, 1])
-
-        def ci(x: np.ndarray) -> list[float | None]:
-            x = x[np.isfinite(x)]
-            if not len(x):
-                return [None, None]
-            return [round(float(v), 4) for v in np.percentile(x, [2.5, 97.5])]
-
-        out[name] = {"model": ci(model), "model_over_own": ci(ratio)}
+        out[name] = {"model": _ci95(model), "model_over_own": _ci95(ratio)}
     return out
+
+
+def _ci95(x: np.ndarray) -> list[float | None]:
+    """The 2.5 and 97.5 percentiles of the finite draws ([None, None] when none is)."""
+    x = x[np.isfinite(x)]
+    if not len(x):
+        return [None, None]
+    return [round(float(v), 4) for v in np.percentile(x, [2.5, 97.5])]
 
 
 def _rate(a: float, b: float) -> float | None:

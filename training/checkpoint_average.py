@@ -2,7 +2,8 @@
 of a run's K newest checkpoints up to the one exported.
 
 Late in a run successive checkpoints differ by the noise of their last batches; their mean is a
-smoother model (as in Vaswani et al. 2017). Only safetensors are read.
+smoother model (as in Vaswani et al. 2017); on the band model a single checkpoint's drum style
+flips from one save to the next. Only safetensors are read.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from bandmate.training.hf_folder import WEIGHTS
 from bandmate.training.run_folder import checkpoint_candidates, checkpoint_step
 
 
@@ -33,23 +35,12 @@ def averaged_checkpoints(run: Path | None, ckpt: Path, k: int) -> list[Path]:
     return [*sorted(older[: k - 1], key=checkpoint_step), ckpt]
 
 
-def average_into(model: torch.nn.Module, folders: list[Path]) -> torch.nn.Module:
-    """Load the element-wise mean of the folders' weights into ``model``.
-
-    Why: late in a run, successive checkpoints differ by the noise of their last batches;
-    their mean is a smoother model (checkpoint averaging, as in Vaswani et al. 2017), and on
-    the band model a single checkpoint's drum style flips from one save to the next.
-    """
+def mean_weights(folders: list[Path]) -> dict[str, torch.Tensor]:
+    """The element-wise float32 mean of the folders' weights (for `export.load_weights`)."""
     from safetensors.torch import load_file
 
     total: dict[str, torch.Tensor] = {}
     for folder in folders:
-        for key, t in load_file(str(Path(folder) / "model.safetensors")).items():
+        for key, t in load_file(str(Path(folder) / WEIGHTS)).items():
             total[key] = total[key] + t.float() if key in total else t.float().clone()
-    mean = {key: t / len(folders) for key, t in total.items()}
-    missing, unexpected = model.load_state_dict(mean, strict=False)
-    if [m for m in missing if m != "lm_head.weight"] or unexpected:
-        raise ValueError(f"{folders[0]}: checkpoints do not match the model ({missing}, "
-                         f"{unexpected})")  # fmt: skip
-    model.tie_weights()
-    return model
+    return {key: t / len(folders) for key, t in total.items()}

@@ -436,11 +436,15 @@ def resolve_model_source(path: Path, checkpoint: Path | None = None) -> tuple[Pa
     )
 
 
-def load_weights(model: torch.nn.Module, folder: Path) -> torch.nn.Module:
-    """Load ``folder/model.safetensors`` (the tied lm_head stored once or not at all)."""
+def load_weights(
+    model: torch.nn.Module, folder: Path, state: dict[str, torch.Tensor] | None = None
+) -> torch.nn.Module:
+    """Load ``folder/model.safetensors``, or ``state`` (weights made from ``folder``'s, e.g.
+    an average) when given; the tied lm_head stored once or not at all."""
     from safetensors.torch import load_file
 
-    state = load_file(str(Path(folder) / "model.safetensors"))
+    if state is None:
+        state = load_file(str(Path(folder) / "model.safetensors"))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if [m for m in missing if m != "lm_head.weight"] or unexpected:
         raise ValueError(f"{folder}: weights do not match the model ({missing}, {unexpected})")
@@ -455,7 +459,7 @@ def load_run_model(
     model folder, with the checkpoint's state ({} for a plain model folder). ``average`` > 1:
     the mean of that checkpoint and the ``average - 1`` before it (`averaged_checkpoints`);
     the state then lists their steps under ``averaged_steps``."""
-    from bandmate.training.checkpoint_average import average_into, averaged_checkpoints
+    from bandmate.training.checkpoint_average import averaged_checkpoints, mean_weights
     from bandmate.training.hf_folder import load_model_config
     from bandmate.training.run_folder import checkpoint_step
     from transformers import GPT2LMHeadModel
@@ -469,10 +473,10 @@ def load_run_model(
         cfg = load_model_config(run_dir)  # runs written before checkpoints had config.json
     cfg._attn_implementation = "sdpa"
     state = read_json(ckpt / "state.json") if (ckpt / "state.json").is_file() else {}
-    if average == 1:
-        return load_weights(GPT2LMHeadModel(cfg), ckpt).eval(), state
     folders = averaged_checkpoints(run_dir, ckpt, average)
-    model = average_into(GPT2LMHeadModel(cfg), folders)
+    if len(folders) == 1:
+        return load_weights(GPT2LMHeadModel(cfg), ckpt).eval(), state
+    model = load_weights(GPT2LMHeadModel(cfg), ckpt, mean_weights(folders))
     state["averaged_steps"] = [checkpoint_step(f) for f in folders]
     log.info("weights: the mean of checkpoints %s", ", ".join(f.name for f in folders))
     return model.eval(), state
@@ -533,7 +537,7 @@ def export_run(
 
     ``run`` may also be a checkpoint folder or a Hugging Face model folder (config.json,
     model.safetensors, codec.json): what `resolve_model_source` accepts. ``average`` > 1
-    exports the mean of that many checkpoints (`average_into`).
+    exports the mean of that many checkpoints (`mean_weights`).
     """
     config = config or ExportConfig()
     if not config.name:
